@@ -1,0 +1,1 @@
+"""capidsl: a declarative training DSL for JAX."""

@@ -1,0 +1,5 @@
+import sys
+
+from capidsl.cli.main import main
+
+sys.exit(main())
