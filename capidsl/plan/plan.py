@@ -1,0 +1,320 @@
+"""The Plan: everything the executor will do, decided ahead of time, frozen, JSON round-trippable.
+
+The Plan is the contract between the compiler and the executor. It holds no JAX objects:
+shardings are tuples of mesh-axis names per dimension, dtypes are strings, the schedule and the
+stop rule are language ASTs. `Plan.fingerprint` identifies a run for resume; fields that may
+change safely on resume (length, stop rule, cadences, output locations) are left out of it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from capidsl.lang.ast import ResolvedSchedule, StopRule
+from capidsl.plan.frozen import canonical_json, content_hash, from_jsonable, to_jsonable
+
+PLAN_VERSION = 1
+
+Options = tuple[tuple[str, Any], ...]  # a frozen mapping: sorted (key, value) pairs, lists as tuples
+
+
+def freeze_options(mapping: dict[str, Any]) -> Options:
+    """Sorted (key, value) pairs with lists turned into tuples, so that options are hashable."""
+
+    def freeze(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return tuple(freeze(x) for x in v)
+        if isinstance(v, dict):
+            return freeze_options(v)
+        return v
+
+    return tuple(sorted((k, freeze(v)) for k, v in mapping.items()))
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The devices the plan is for: the live machine or a simulated cluster."""
+
+    device_kind: str
+    device_count: int
+    process_count: int
+    memory_per_device: int  # bytes
+    peak_flops_bf16: float  # per device, FLOP/s
+    peak_flops_f32: float
+    simulated: bool
+
+    @property
+    def devices_per_process(self) -> int:
+        return self.device_count // self.process_count
+
+
+@dataclass(frozen=True)
+class MeshPlan:
+    """Named mesh axes and their sizes, in the order the device mesh is built."""
+
+    axes: tuple[str, ...]  # ("data", "fsdp", "tensor")
+    shape: tuple[int, ...]
+
+    def size(self, axis: str) -> int:
+        return self.shape[self.axes.index(axis)] if axis in self.axes else 1
+
+    @property
+    def device_count(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def data_parallel(self) -> int:
+        """How many ways the batch is split: the data and fsdp axes together."""
+        return self.size("data") * self.size("fsdp")
+
+
+MeshSpec = tuple[tuple[str, ...], ...]  # per array dimension: the mesh axes it is split over; () = replicated
+
+
+@dataclass(frozen=True)
+class ParamSharding:
+    """One parameter: its shape, logical axes and the mesh axes each dimension is split over."""
+
+    path: str  # "blocks.attn.q.kernel"
+    shape: tuple[int, ...]
+    dtype: str
+    logical_axes: tuple[str | None, ...]
+    spec: MeshSpec
+    bytes_per_device: int
+
+
+@dataclass(frozen=True)
+class ShardingPlan:
+    """The axis rules in force, every parameter's placement, and the batch's placement."""
+
+    rules: tuple[tuple[str, tuple[str, ...]], ...]  # logical axis -> mesh axes
+    params: tuple[ParamSharding, ...]
+    batch_spec: MeshSpec  # for a [batch, ...] input array
+
+    def spec_of(self, path: str) -> MeshSpec:
+        for p in self.params:
+            if p.path == path:
+                return p.spec
+        raise KeyError(path)
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """Which registered model family to build, with its normalised options."""
+
+    family: str
+    config: Options
+    param_count: int
+    remat: str  # none | full | dots
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.config}
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """Dtypes for stored parameters, computation and outputs; loss scaling for fp16."""
+
+    param_dtype: str  # float32 | bfloat16 | float16
+    compute_dtype: str
+    output_dtype: str
+    loss_scale: str  # none | static | dynamic
+    loss_scale_value: float
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """global_batch = micro_batch × accumulation × data_parallel, checked by the compiler."""
+
+    global_batch: int  # sequences (or examples) per optimizer step
+    micro_batch: int  # per data-parallel shard, per micro-step
+    accumulation: int
+    data_parallel: int
+    seq_len: int  # 1 for non-sequence models
+    tokens_per_step: int
+    per_process_batch: int  # rows of the global batch each process loads
+
+
+@dataclass(frozen=True)
+class OptimizerPlan:
+    """The optax optimizer and its hyper-parameters; the learning rate comes from `Plan.schedule`."""
+
+    name: str  # adamw | adam | sgd | adafactor | lion
+    beta1: float
+    beta2: float
+    epsilon: float
+    weight_decay: float
+    momentum: float
+    nesterov: bool
+    grad_clip: float | None
+    decay_mask: str  # "matrices": decay only ≥2-D weights (not biases, norms); "all"
+
+
+@dataclass(frozen=True)
+class DataPlan:
+    """The input pipeline: where examples come from, how they are tokenised, packed and split."""
+
+    source: str  # stdlib | text | jsonl | csv | parquet | npy | synthetic
+    path: str | None
+    field: str
+    tokenizer: str  # "byte" or a path to a local tokenizer file
+    kind: str  # "lm" (token windows) | "classification" (features, label)
+    vocab_size: int
+    seq_len: int
+    input_dim: int  # classification only (0 otherwise)
+    num_classes: int  # classification only (0 otherwise)
+    validation_fraction: float
+    shuffle: bool
+    seed: int
+    workers: int
+    prefetch: int
+    synthetic_examples: int
+    train_examples: int  # packed windows (lm) or rows in the train split, counted at plan time
+    val_examples: int
+
+
+@dataclass(frozen=True)
+class CadencePlan:
+    """When things happen, all in optimizer steps."""
+
+    total_steps: int
+    steps_per_epoch: int
+    eval_every: int | None
+    eval_batches: int
+    checkpoint_every: int | None
+    log_every: int
+
+
+@dataclass(frozen=True)
+class CheckpointPlan:
+    """What orbax keeps: the newest `keep`, plus the best `keep_best` by a metric."""
+
+    keep: int
+    keep_best_metric: str | None
+    keep_best_mode: str  # min | max
+    keep_best: int
+    async_save: bool
+
+
+@dataclass(frozen=True)
+class StopPlan:
+    """The compiled stop rule (None: run to total_steps) and whether to restore the best weights."""
+
+    rule: StopRule | None
+    restore_best: bool
+    restore_metric: str | None  # the metric "best" means for restore_best
+    restore_mode: str  # min | max
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """Export at the end of the run (format "none" for no export)."""
+
+    format: str
+    opset: int
+    tolerance: float
+    path: str | None
+
+
+@dataclass(frozen=True)
+class LoggingPlan:
+    tensorboard: bool
+    progress: str  # auto | rich | plain | none
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per device, analytic; `fits` is judged on `total` against the device memory."""
+
+    params: int
+    grads: int
+    opt_state: int
+    activations: int
+    batch: int
+    total: int
+    device_memory: int
+    fits: bool
+    activation_formula: str
+    compiled: tuple[tuple[str, int], ...] = ()  # XLA memory_analysis figures when `plan --compile` ran
+
+    @property
+    def headroom(self) -> int:
+        return self.device_memory - self.total
+
+
+@dataclass(frozen=True)
+class FlopsEstimate:
+    flops_per_token: float
+    flops_per_step: float
+    assumed_mfu: float
+    step_time_s: float  # per step at assumed_mfu on this topology
+    formula: str
+
+
+@dataclass(frozen=True)
+class Lint:
+    level: str  # warning | error
+    code: str
+    message: str
+    location: str | None = None  # file:line:col when known
+
+
+# Fields that may differ between a checkpoint's plan and a resuming plan without breaking exactness
+# of what has been computed so far; they are excluded from the fingerprint.
+RESUME_SAFE = ("name", "run_dir", "cadence", "schedule", "stop", "logging", "export", "lints", "checkpoint", "flops", "memory", "topology")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A compiled recipe. `capidsl run plan.json` executes exactly this."""
+
+    version: int
+    name: str
+    seed: int
+    run_dir: str
+    topology: Topology
+    mesh: MeshPlan
+    model: ModelPlan
+    sharding: ShardingPlan
+    precision: PrecisionPlan
+    batch: BatchPlan
+    optimizer: OptimizerPlan
+    schedule: ResolvedSchedule
+    stop: StopPlan
+    cadence: CadencePlan
+    checkpoint: CheckpointPlan
+    data: DataPlan
+    memory: MemoryEstimate
+    flops: FlopsEstimate
+    logging: LoggingPlan
+    export: ExportPlan
+    lints: tuple[Lint, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return to_jsonable(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Plan":
+        return from_jsonable(cls, data)
+
+    def dumps(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_json(), indent=indent, sort_keys=True, allow_nan=False)
+
+    @classmethod
+    def loads(cls, text: str) -> "Plan":
+        return cls.from_json(json.loads(text))
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of everything that must not change on resume (shapes, dtypes, data, optimizer, seed)."""
+        data = {k: v for k, v in self.to_json().items() if k not in RESUME_SAFE}
+        return content_hash(data)
+
+    def canonical(self) -> str:
+        return canonical_json(self.to_json())
