@@ -1,0 +1,163 @@
+"""The train step and the eval step: pure functions of (state, batch), each one `jax.jit`.
+
+The global batch arrives as rows [data_parallel × accumulation × micro_batch, ...], split over the
+plan's batch axes. Each device's own rows are cut into `accumulation` micro-batches, run by
+`jax.lax.scan`; the gradient of the *sum* of the per-token losses is accumulated, and divided once
+by the count of real tokens over all micro-batches. So the accumulated update equals the update
+of one large batch exactly, whatever the masks (Axolotl #3196: averaging per-micro-batch means
+weights tokens unequally when micro-batches hold different numbers of real tokens).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from capidsl.exec.mesh import to_partition_spec
+from capidsl.exec.optimizer import learning_rate, make_optimizer
+from capidsl.exec.precision import next_loss_scale, scale_loss, unscale_grads
+from capidsl.exec.state import TrainState, abstract_state, model_family
+from capidsl.plan.plan import Plan
+
+Batch = dict[str, jax.Array]
+
+
+def batch_axes(plan: Plan):
+    """The mesh axes the batch dimension is split over (a PartitionSpec entry)."""
+    spec = to_partition_spec(plan.sharding.batch_spec)
+    return spec[0] if len(spec) else None
+
+
+def batch_sharding(plan: Plan, mesh: Mesh) -> NamedSharding:
+    """Rows split over the batch axes, every other dimension whole (applies to every batch array)."""
+    return NamedSharding(mesh, PartitionSpec(batch_axes(plan)))
+
+
+def split_micro(batch: Batch, shards: int, chunks: int, mesh: Mesh, axes) -> Batch:
+    """[shards × chunks × m, ...] → [chunks, shards × m, ...], keeping every row on its device.
+
+    Shard d owns rows [d·chunks·m, (d+1)·chunks·m); its micro-batch i is the i-th run of m of them.
+    The reshape/transpose moves no data between devices; the sharding constraint says so to XLA.
+    """
+
+    def one(x):
+        m = x.shape[0] // (shards * chunks)
+        y = x.reshape((shards, chunks, m) + x.shape[1:]).swapaxes(0, 1)
+        y = y.reshape((chunks, shards * m) + x.shape[1:])
+        return jax.lax.with_sharding_constraint(y, NamedSharding(mesh, PartitionSpec(None, axes)))
+
+    return jax.tree_util.tree_map(one, batch)
+
+
+def _sum_grads(params, micro: Batch, loss_fn: Callable, chunks: int, key: jax.Array):
+    """Σ over micro-batches of (∇ scaled loss_sum, loss_sum, weight_sum), in float32."""
+
+    def one(i, mb):
+        rngs = nnx.Rngs(dropout=jax.random.fold_in(key, i))
+        return jax.grad(loss_fn, has_aux=True)(params, mb, rngs)
+
+    if chunks == 1:  # no loop at all: nothing for XLA to schedule around
+        g, (l, w) = one(0, jax.tree_util.tree_map(lambda x: x[0], micro))
+        return jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), g), l, w
+
+    def body(carry, xs):
+        gsum, lsum, wsum = carry
+        g, (l, w) = one(*xs)
+        gsum = jax.tree_util.tree_map(lambda a, b: a + b.astype(jnp.float32), gsum, g)
+        return (gsum, lsum + l, wsum + w), None
+
+    zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+    (gsum, lsum, wsum), _ = jax.lax.scan(body, init, (jnp.arange(chunks), micro))
+    return gsum, lsum, wsum
+
+
+def make_train_step(plan: Plan, mesh: Mesh, graphdef: nnx.GraphDef):
+    """step(state, batch) -> (state, metrics): one jitted pure function with donated state.
+
+    Metrics are device scalars: loss (mean over real tokens), grad_norm, lr, weight_sum, and
+    loss_scale where the plan scales the loss. A step whose loss or gradient is not finite leaves
+    parameters and optimizer state untouched (fp16 overflow then halves the loss scale).
+    """
+    fam, _ = model_family(plan)
+    tx = make_optimizer(plan)
+    lr = learning_rate(plan)
+    prec = plan.precision
+    shards, chunks, axes = plan.batch.data_parallel, plan.batch.accumulation, batch_axes(plan)
+    _, abstract = abstract_state(plan, mesh)
+    state_sh = jax.tree_util.tree_map(lambda a: a.sharding, abstract)
+
+    def loss_fn(params, mb, rngs, loss_scale):
+        model = nnx.merge(graphdef, params)
+        loss_sum, weight_sum, _ = fam.loss(model, mb, deterministic=False, rngs=rngs)
+        loss_sum = loss_sum.astype(jnp.float32)
+        return scale_loss(prec, loss_scale, loss_sum), (loss_sum, weight_sum.astype(jnp.float32))
+
+    def step(state: TrainState, batch: Batch):
+        key = jax.random.fold_in(jax.random.key(plan.seed), state.step)
+        micro = split_micro(batch, shards, chunks, mesh, axes)
+        gsum, lsum, wsum = _sum_grads(
+            state.params, micro, lambda p, mb, r: loss_fn(p, mb, r, state.loss_scale), chunks, key
+        )
+        denom = jnp.where(wsum > 0, wsum, 1.0)
+        grads = jax.tree_util.tree_map(lambda g: g / denom, unscale_grads(prec, state.loss_scale, gsum))
+        loss = lsum / denom
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        new_state = TrainState(
+            params=keep(params, state.params),
+            opt_state=keep(opt_state, state.opt_state),
+            step=state.step + 1,
+            loss_scale=next_loss_scale(prec, state.loss_scale, finite),
+        )
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": jnp.asarray(lr(state.step), jnp.float32), "weight_sum": wsum}
+        if prec.loss_scale != "none":
+            metrics["loss_scale"] = state.loss_scale.scale
+        return new_state, metrics
+
+    return jax.jit(
+        step,
+        in_shardings=(state_sh, batch_sharding(plan, mesh)),
+        out_shardings=(state_sh, NamedSharding(mesh, PartitionSpec())),
+        donate_argnums=0,
+    )
+
+
+def make_eval_step(plan: Plan, mesh: Mesh, graphdef: nnx.GraphDef):
+    """eval_step(params, batch) -> {loss_sum, weight_sum, correct_sum}: sums, so the loop can add batches.
+
+    A batch of several micro-batches' worth of rows is evaluated one micro-batch at a time (scan),
+    so evaluation needs no more activation memory than training.
+    """
+    fam, _ = model_family(plan)
+    shards, axes = plan.batch.data_parallel, batch_axes(plan)
+    _, abstract = abstract_state(plan, mesh)
+    params_sh = jax.tree_util.tree_map(lambda a: a.sharding, abstract.params)
+    per_chunk = shards * plan.batch.micro_batch
+
+    def sums(params, mb):
+        model = nnx.merge(graphdef, params)
+        loss_sum, weight_sum, metrics = fam.loss(model, mb, deterministic=True, rngs=None)
+        correct = metrics.get("correct_sum", metrics.get("correct", jnp.zeros(()))) if metrics else jnp.zeros(())
+        return jnp.stack([loss_sum.astype(jnp.float32), weight_sum.astype(jnp.float32), jnp.asarray(correct, jnp.float32)])
+
+    def eval_step(params, batch: Batch):
+        rows = jax.tree_util.tree_leaves(batch)[0].shape[0]
+        chunks = rows // per_chunk if rows % per_chunk == 0 else 1
+        if chunks > 1:
+            micro = split_micro(batch, shards, chunks, mesh, axes)
+            total = jax.lax.scan(lambda acc, mb: (acc + sums(params, mb), None), jnp.zeros(3, jnp.float32), micro)[0]
+        else:
+            total = sums(params, batch)
+        return {"loss_sum": total[0], "weight_sum": total[1], "correct_sum": total[2]}
+
+    return jax.jit(eval_step, in_shardings=(params_sh, batch_sharding(plan, mesh)), out_shardings=NamedSharding(mesh, PartitionSpec()))
