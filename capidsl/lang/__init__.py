@@ -1,0 +1,45 @@
+"""The recipe language: durations, cadences, learning-rate schedules and stop rules.
+
+Parsing (lark) is imported only when a parse function is first called, so that code holding
+AST objects (the plan, the executor) never pays for the grammar.
+"""
+
+from capidsl.lang.ast import (
+    Best, Cadence, Decision, Duration, Record, ResolvedSchedule, Schedule, StopRule, from_json,
+)
+from capidsl.lang.errors import LangError
+
+__all__ = [
+    "parse_duration", "parse_cadence", "parse_schedule", "parse_stop_rule", "LangError",
+    "Duration", "Cadence", "Schedule", "ResolvedSchedule", "StopRule", "Record", "Decision", "Best",
+    "from_json",
+]
+
+
+def parse_duration(text: str) -> Duration:
+    """`500 steps`, `3 epochs`, `2.5M tokens`, `90m` -> Duration."""
+    from capidsl.lang.parse import parse_duration as parse
+
+    return parse(text)
+
+
+def parse_cadence(text: str) -> Cadence:
+    """`every 1000 steps`, `every epoch` -> Cadence."""
+    from capidsl.lang.parse import parse_cadence as parse
+
+    return parse(text)
+
+
+def parse_schedule(text: str) -> Schedule:
+    """`linear(0 -> 3e-4, 500 steps) then cosine(3e-4 -> 3e-5, rest)` -> Schedule."""
+    from capidsl.lang.parse import parse_schedule as parse
+
+    return parse(text)
+
+
+def parse_stop_rule(text: str, metrics=None, directions=None) -> StopRule:
+    """`val_loss stalls for 5 evals or not finite(loss)` -> StopRule; `metrics` names the run's
+    metrics (typos get a suggestion), `directions` maps extra metrics to "min"/"max"."""
+    from capidsl.lang.parse import parse_stop_rule as parse
+
+    return parse(text, metrics, directions)
