@@ -70,8 +70,9 @@ class _Context:
     def need(self, what: str) -> int:
         value = self.steps_per_epoch if what == "epochs" else self.tokens_per_step
         if not value:
-            raise LangError(f"a stop rule on {what} needs the run's steps per epoch and tokens per step",
-                            hint="call StopRule.resolve(steps_per_epoch, tokens_per_step) first")
+            per = "steps per epoch" if what == "epochs" else "tokens per step"
+            raise LangError(f"judging {what} needs the run's {per}: resolve the rule first",
+                            hint="StopRule.resolve(steps_per_epoch, tokens_per_step)")
         return value
 
 

@@ -1,0 +1,237 @@
+"""Stop rules: parsing, directions, Keras/Lightning early-stopping semantics, reasons, best."""
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from capidsl.lang import LangError, parse_stop_rule
+from capidsl.lang.ast import (
+    AllOf, AnyOf, Best, BestOf, Compare, Const, Decision, Finite, Latest, Not, Progress, Record,
+    Stalls, StopRule, from_json,
+)
+
+
+def evals(values, every=100, metric="val_loss", start=None):
+    """Eval records at steps every, 2*every, ... (time: one second per step)."""
+    return tuple(Record(every * (i + 1), float(every * (i + 1)), "eval", {metric: v}) for i, v in enumerate(values))
+
+
+def test_seed_patience_sugar_is_the_same_object():
+    a = parse_stop_rule("val_loss stalls for 5 evals")
+    assert a == parse_stop_rule(f"val_loss stalls for {5} evals")
+    assert a == StopRule(Stalls("val_loss", 5, "evals", 0, None, "min"))
+    assert a == parse_stop_rule(str(a)) and hash(a) == hash(parse_stop_rule(str(a)))
+    assert a == parse_stop_rule("val_loss  stalls  for 5 eval")
+    assert a == from_json(a.to_json()) == StopRule.from_json(a.to_json())
+
+
+def test_parses_the_issue_examples():
+    r = parse_stop_rule("val_loss stalls for 5 evals by 1e-3 or not finite(loss)")
+    assert r.expr == AnyOf((Stalls("val_loss", 5, "evals", 1e-3, None, "min"), Not(Finite("loss"))))
+    assert parse_stop_rule("loss > 10 * best(loss)").expr == Compare(Latest("loss"), ">", BestOf("loss", "min", 10))
+    assert parse_stop_rule("steps >= 20k and time >= 6h").expr == AllOf(
+        (Progress("steps", ">=", 20_000), Progress("time", ">=", 21_600)))
+    assert parse_stop_rule("val_loss < 1.2").expr == Compare(Latest("val_loss"), "<", Const(1.2))
+    assert parse_stop_rule("epochs >= 3").expr == Progress("epochs", ">=", 3)
+    assert parse_stop_rule("val_loss stalls for 2000 steps").expr == Stalls("val_loss", 2000, "steps")
+    assert parse_stop_rule("val_loss stalls for 5 evals by 1e-3 from 2.0").expr == Stalls(
+        "val_loss", 5, "evals", 1e-3, 2.0, "min")
+
+
+def test_precedence_not_and_or():
+    r = parse_stop_rule("not a < 1 and b < 2 or c < 3", directions=None)
+    a, b, c = (Compare(Latest(m), "<", Const(v)) for m, v in (("a", 1), ("b", 2), ("c", 3)))
+    assert r.expr == AnyOf((AllOf((Not(a), b)), c))
+    r2 = parse_stop_rule("not (a < 1 and (b < 2 or c < 3))")
+    assert r2.expr == Not(AllOf((a, AnyOf((b, c)))))
+    assert str(r2) == "not (a < 1 and (b < 2 or c < 3))"
+    assert parse_stop_rule("(a < 1 or b < 2) or c < 3") == parse_stop_rule("a < 1 or b < 2 or c < 3")
+
+
+def test_directions():
+    assert parse_stop_rule("val_accuracy stalls for 3 evals").expr.mode == "max"
+    with pytest.raises(LangError) as err:
+        parse_stop_rule("loss < 1 or score stalls for 3 evals")
+    assert err.value.column == 13 and "higher or a lower score" in err.value.message
+    r = parse_stop_rule("score stalls for 3 evals", directions={"score": "max"})
+    assert r.expr.mode == "max"
+    assert str(r) == "score stalls for 3 evals mode max"
+    assert parse_stop_rule(str(r)) == r
+    # an explicit mode against the table is printed, and kept
+    r = parse_stop_rule("val_loss stalls for 3 evals mode max")
+    assert r.expr.mode == "max" and str(r) == "val_loss stalls for 3 evals mode max"
+    assert str(parse_stop_rule("val_loss stalls for 3 evals mode min")) == "val_loss stalls for 3 evals"
+
+
+def test_unknown_metric_suggests_the_nearest():
+    with pytest.raises(LangError) as err:
+        parse_stop_rule("val_loss stalls for 5 evals or not finite(los)", metrics=("loss", "val_loss"))
+    e = err.value
+    assert e.column == 43 and e.hint == "did you mean loss?" and "loss, val_loss" in e.expected
+    assert "^" in e.render()
+
+
+@pytest.mark.parametrize("text, column, expected", [
+    ("val_loss < ", 11, "a number, a metric name"),
+    ("val_loss stalls for 5", 22, "a patience unit"),
+    ("val_loss stalls 5 evals", 17, "`for`"),
+    ("val_loss < 1.2 an loss > 3", 16, "`and`"),
+    ("(val_loss < 1.2", 16, "`)`"),
+    ("time >= 6", 9, "wall-clock"),
+])
+def test_syntax_errors(text, column, expected):
+    with pytest.raises(LangError) as err:
+        parse_stop_rule(text)
+    e = err.value
+    assert e.column == column, e.render()
+    assert expected in (e.expected or "") + e.message, e.render()
+
+
+# ---- evaluation ---------------------------------------------------------------------------
+
+
+def test_stall_reason_names_the_clause_and_the_best():
+    rule = parse_stop_rule("val_loss stalls for 5 evals")
+    values = [3.0, 2.5, 2.2, 2.0, 1.9, 1.873, 1.9, 1.88, 1.875, 1.874, 1.95]
+    history = evals(values, every=150)
+    assert rule.evaluate(history[:10]) == Decision(False, "")
+    d = rule.evaluate(history[:11])
+    assert d.stop
+    assert d.reason == "stopped at step 1650: val_loss stalled for 5 evals (best 1.873 at step 900)"
+
+
+def test_min_delta_must_be_beaten_strictly():
+    rule = parse_stop_rule("val_loss stalls for 2 evals by 0.1")
+    # 1.9 is only 0.1 better than 2.0: not an improvement (Keras: current < best - min_delta)
+    assert rule.evaluate(evals([2.0, 1.9, 1.95])).stop
+    assert not rule.evaluate(evals([2.0, 1.89, 1.95])).stop
+
+
+def test_baseline_must_be_beaten():
+    rule = parse_stop_rule("val_loss stalls for 3 evals from 2.0")
+    assert not rule.evaluate(evals([2.5, 2.4])).stop
+    d = rule.evaluate(evals([2.5, 2.4, 2.3]))
+    assert d.stop and "never beat the baseline 2" in d.reason
+    assert not rule.evaluate(evals([2.5, 2.4, 1.9])).stop
+
+
+def test_patience_counts_evals_not_logs():
+    rule = parse_stop_rule("val_loss stalls for 2 evals")
+    history = (
+        Record(10, 1.0, "eval", {"val_loss": 1.0}),
+        Record(20, 2.0, "log", {"loss": 1.0}),
+        Record(30, 3.0, "log", {"loss": 1.0}),
+        Record(40, 4.0, "eval", {"val_loss": 1.0}),
+    )
+    assert not rule.evaluate(history).stop
+    assert rule.evaluate(history + (Record(50, 5.0, "eval", {"val_loss": 1.5}),)).stop
+
+
+def test_patience_in_steps():
+    rule = parse_stop_rule("val_loss stalls for 300 steps")
+    h = evals([2.0, 1.0, 1.5, 1.5], every=100)  # best at step 200; last eval at 400
+    assert not rule.evaluate(h).stop
+    d = rule.evaluate(h + evals([1.5], every=500))
+    assert d.stop and "stalled for 300 steps (best 1 at step 200)" in d.reason
+
+
+def test_patience_in_epochs_needs_resolution():
+    rule = parse_stop_rule("val_loss stalls for 2 epochs")
+    h = evals([2.0, 2.0, 2.0], every=100)
+    with pytest.raises(LangError, match="resolve"):
+        rule.evaluate(h)
+    assert rule.resolve(steps_per_epoch=100).evaluate(h).stop
+    assert not rule.resolve(steps_per_epoch=150).evaluate(h).stop
+
+
+def test_mode_max():
+    rule = parse_stop_rule("val_accuracy stalls for 2 evals by 0.01")
+    assert not rule.evaluate(evals([0.5, 0.6, 0.605], metric="val_accuracy")).stop
+    assert rule.evaluate(evals([0.5, 0.6, 0.605, 0.609], metric="val_accuracy")).stop
+
+
+def test_divergence_and_finite():
+    rule = parse_stop_rule("not finite(loss) or loss > 10 * best(loss)")
+    logs = lambda vs: tuple(Record(i + 1, 0.0, "log", {"loss": v}) for i, v in enumerate(vs))
+    assert not rule.evaluate(logs([5.0, 2.0, 19.0])).stop
+    d = rule.evaluate(logs([5.0, 2.0, 21.0]))
+    assert d.reason == "stopped at step 3: loss > 10 * best(loss) (loss = 21 at step 3, best loss 2 at step 2)"
+    d = rule.evaluate(logs([5.0, math.nan]))
+    assert d.stop and d.reason == "stopped at step 2: loss is not finite (nan at step 2)"
+
+
+def test_threshold_and_progress():
+    rule = parse_stop_rule("val_loss < 1.2 or steps >= 20k or time >= 6h")
+    assert not rule.evaluate(evals([1.5])).stop
+    assert rule.evaluate(evals([1.5, 1.1])).reason == "stopped at step 200: val_loss < 1.2 (val_loss = 1.1 at step 200)"
+    assert rule.evaluate((Record(20_000, 10.0, "log", {}),)).reason == "stopped at step 20000: steps >= 20k (step 20000)"
+    assert rule.evaluate((Record(7, 21_600.0, "log", {}),)).stop
+
+
+def test_epochs_and_tokens_progress():
+    rule = parse_stop_rule("epochs >= 2.5 or tokens >= 1M").resolve(steps_per_epoch=100, tokens_per_step=4096)
+    assert not rule.evaluate((Record(244, 0.0, "log", {}),)).stop
+    assert rule.evaluate((Record(245, 0.0, "log", {}),)).reason.startswith("stopped at step 245: tokens >= 1M")
+    rule = parse_stop_rule("epochs >= 2.5").resolve(steps_per_epoch=100)
+    assert rule.evaluate((Record(250, 0.0, "log", {}),)).stop
+    assert rule != parse_stop_rule("epochs >= 2.5")  # resolution is part of the value
+    assert from_json(rule.to_json()) == rule
+
+
+def test_and_reason_names_every_clause():
+    rule = parse_stop_rule("val_loss < 2 and steps >= 200")
+    assert rule.evaluate(evals([1.5, 1.5])).reason == (
+        "stopped at step 200: val_loss < 2 (val_loss = 1.5 at step 200) and steps >= 200 (step 200)")
+
+
+def test_empty_history_never_stops():
+    assert parse_stop_rule("not finite(loss)").evaluate(()) == Decision(False, "")
+    assert not parse_stop_rule("not finite(loss)").evaluate(evals([1.0])).stop  # loss not measured yet
+
+
+def test_best_follows_the_stalls_clause():
+    rule = parse_stop_rule("val_loss stalls for 5 evals by 0.1 or not finite(loss)")
+    h = evals([2.0, 1.5, 1.45, 1.42])
+    assert rule.best(h, "val_loss") == Best("val_loss", 200, 1.5)  # 1.45, 1.42: not by more than 0.1
+    assert rule.best(h, "val_loss", mode="min") == Best("val_loss", 200, 1.5)
+    plain = parse_stop_rule("steps >= 10")
+    assert plain.best(h, "val_loss") == Best("val_loss", 400, 1.42)
+    assert plain.best((), "val_loss") is None
+    with pytest.raises(LangError):
+        plain.best(h, "score")
+
+
+# ---- the same decisions as Keras' EarlyStopping -------------------------------------------
+
+
+def keras_stop_epoch(values, patience, min_delta, baseline, mode):
+    """A transcription of keras.callbacks.EarlyStopping (Keras 2: best starts at the baseline)."""
+    sign = 1 if mode == "max" else -1
+    md = min_delta * sign
+    better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
+    best = baseline if baseline is not None else (-math.inf if mode == "max" else math.inf)
+    wait = 0
+    for epoch, current in enumerate(values):
+        wait += 1
+        if better(current - md, best):
+            best, wait = current, 0
+        if wait >= patience:
+            return epoch
+    return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(st.floats(0, 3, allow_nan=False).map(lambda x: round(x, 2)), min_size=1, max_size=25),
+    patience=st.integers(1, 6),
+    min_delta=st.sampled_from([0, 0.01, 0.1, 0.25]),
+    baseline=st.none() | st.sampled_from([1.0, 2.0]),
+    mode=st.sampled_from(["min", "max"]),
+)
+def test_matches_keras_early_stopping(values, patience, min_delta, baseline, mode):
+    rule = StopRule(Stalls("m", patience, "evals", min_delta, baseline, mode))
+    history = evals(values, metric="m")
+    ours = next((i for i in range(len(values)) if rule.evaluate(history[: i + 1]).stop), None)
+    assert ours == keras_stop_epoch(values, patience, min_delta, baseline, mode)
