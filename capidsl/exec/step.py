@@ -55,11 +55,13 @@ def split_micro(batch: Batch, shards: int, chunks: int, mesh: Mesh, axes) -> Bat
 
 
 def _sum_grads(params, micro: Batch, loss_fn: Callable, chunks: int, key: jax.Array):
-    """Σ over micro-batches of (∇ scaled loss_sum, loss_sum, weight_sum), in float32."""
+    """Σ over micro-batches of (∇ scaled loss_sum, loss_sum, weight_sum), in float32.
+
+    `loss_fn(params, micro_batch, key)`; micro-batch i gets the dropout key fold_in(key, i).
+    """
 
     def one(i, mb):
-        rngs = nnx.Rngs(dropout=jax.random.fold_in(key, i))
-        return jax.grad(loss_fn, has_aux=True)(params, mb, rngs)
+        return jax.grad(loss_fn, has_aux=True)(params, mb, jax.random.fold_in(key, i))
 
     if chunks == 1:  # no loop at all: nothing for XLA to schedule around
         g, (l, w) = one(0, jax.tree_util.tree_map(lambda x: x[0], micro))
@@ -92,9 +94,11 @@ def make_train_step(plan: Plan, mesh: Mesh, graphdef: nnx.GraphDef):
     _, abstract = abstract_state(plan, mesh)
     state_sh = jax.tree_util.tree_map(lambda a: a.sharding, abstract)
 
-    def loss_fn(params, mb, rngs, loss_scale):
+    def loss_fn(params, mb, key, loss_scale):
         model = nnx.merge(graphdef, params)
-        loss_sum, weight_sum, _ = fam.loss(model, mb, deterministic=False, rngs=rngs)
+        # The Rngs object is made inside the differentiated function: nnx refuses to advance an
+        # RNG stream created at another trace level.
+        loss_sum, weight_sum, _ = fam.loss(model, mb, deterministic=False, rngs=nnx.Rngs(dropout=key))
         loss_sum = loss_sum.astype(jnp.float32)
         return scale_loss(prec, loss_scale, loss_sum), (loss_sum, weight_sum.astype(jnp.float32))
 
@@ -107,7 +111,7 @@ def make_train_step(plan: Plan, mesh: Mesh, graphdef: nnx.GraphDef):
         denom = jnp.where(wsum > 0, wsum, 1.0)
         grads = jax.tree_util.tree_map(lambda g: g / denom, unscale_grads(prec, state.loss_scale, gsum))
         loss = lsum / denom
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
         updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from capidsl.lang.ast import ResolvedPiece, ResolvedSchedule
 from capidsl.plan.plan import (
     PLAN_VERSION,
     BatchPlan,
@@ -103,11 +104,10 @@ def param_table(family: str, options: dict[str, Any], precision: PrecisionPlan, 
     return fam, cfg, table(abstract)
 
 
-def constant_schedule(lr: float, total_steps: int):
-    """The ResolvedSchedule of a constant learning rate, through the language's own resolver."""
-    from capidsl.lang import parse_schedule
-
-    return parse_schedule(f"constant({lr!r})").resolve(total_steps, total_steps, 1)
+def constant_schedule(lr: float, total_steps: int) -> ResolvedSchedule:
+    """The ResolvedSchedule of a constant learning rate over the whole run."""
+    piece = ResolvedPiece(kind="constant", start_step=0, steps=total_steps, init_value=float(lr), end_value=float(lr))
+    return ResolvedSchedule(text=f"constant({lr!r}, rest)", total_steps=total_steps, pieces=(piece,))
 
 
 def make_plan(
@@ -132,6 +132,8 @@ def make_plan(
 ) -> Plan:
     """A consistent Plan for a tiny `family` model; every keyword is one plan decision."""
     mp = mesh_plan(mesh)
+    if micro_batch < 1 or accumulation < 1:
+        raise ValueError(f"micro_batch and accumulation must be >= 1, got {micro_batch} and {accumulation}")
     pdt, cdt, odt, scale = PRECISIONS[precision]
     prec = PrecisionPlan(param_dtype=pdt, compute_dtype=cdt, output_dtype=odt, loss_scale=scale,
                          loss_scale_value=2.0**15 if scale != "none" else 1.0)
@@ -192,14 +194,15 @@ def make_batch(plan: Plan, seed: int = 0, *, real_tokens=None) -> dict[str, np.n
     (gpt) or whether the row (mlp, 0/1) count; default all."""
     rng = np.random.default_rng(seed)
     b = plan.batch.global_batch
-    if plan.data.kind == "lm":
+    if plan.data.kind == "lm":  # counting sequences from random starts: the next token is learnable
         t = plan.batch.seq_len
-        toks = rng.integers(0, plan.data.vocab_size, size=(b, t + 1), dtype=np.int32)
+        start = rng.integers(0, plan.data.vocab_size, size=(b, 1))
+        toks = ((start + np.arange(t + 1)[None, :]) % plan.data.vocab_size).astype(np.int32)
         mask = np.ones((b, t), np.float32)
         if real_tokens is not None:
             mask = (np.arange(t)[None, :] < np.asarray(real_tokens)[:, None]).astype(np.float32)
         return {"inputs": toks[:, :-1], "targets": toks[:, 1:], "mask": mask}
     x = rng.standard_normal((b, plan.data.input_dim)).astype(np.float32)
-    y = rng.integers(0, plan.data.num_classes, size=(b,), dtype=np.int32)
+    y = np.argmax(x[:, : plan.data.num_classes], axis=1).astype(np.int32)  # learnable: the largest of the first features
     mask = np.ones((b,), np.float32) if real_tokens is None else np.asarray(real_tokens, np.float32)
     return {"x": x, "y": y, "mask": mask}
