@@ -284,6 +284,12 @@ class Schedule(Node):
                         "exponential cannot start or end at 0 (it multiplies by a constant factor)",
                         i, k, hint="use linear or cosine to reach 0",
                     )
+            if isinstance(piece, InverseSqrt) and i == 0:
+                raise self._error(
+                    "inverse_sqrt decays as peak * sqrt(s / step) from the step s where it starts, "
+                    "so it needs a warmup before it", i,
+                    hint="e.g. linear(0 -> 1e-3, 1000 steps) then inverse_sqrt(1e-3, rest)",
+                )
             durations = (piece.warmup, piece.decay) if isinstance(piece, WarmupStableDecay) else (piece.length,)
             for d in durations:
                 if isinstance(d, Duration):
@@ -356,12 +362,6 @@ class Schedule(Node):
                         i, hint="shorten it, or lengthen training",
                     )
             if isinstance(piece, InverseSqrt):
-                if at == 0:
-                    raise self._error(
-                        "inverse_sqrt decays as peak * sqrt(s / step) from the step s where it starts, "
-                        "so it needs a warmup before it", i,
-                        hint="e.g. linear(0 -> 1e-3, 1000 steps) then inverse_sqrt(1e-3, rest)",
-                    )
                 end = float(piece.peak) * math.sqrt(at / (at + n))
                 resolved = ResolvedPiece("inverse_sqrt", at, n, float(piece.peak), end)
             else:

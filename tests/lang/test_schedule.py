@@ -148,7 +148,7 @@ def test_wsd_resolves_to_three_pieces():
 
 
 def test_inverse_sqrt_needs_a_warmup():
-    e = _error("inverse_sqrt(1e-3, rest)", total_steps=100)
+    e = _error("inverse_sqrt(1e-3, rest)")
     assert "needs a warmup" in e.message
 
 
