@@ -16,6 +16,14 @@ __all__ = [
 ]
 
 
+def __getattr__(name):  # capidsl.lang.parse loads lark on first use only
+    if name == "parse":
+        import importlib
+
+        return importlib.import_module("capidsl.lang.parse")
+    raise AttributeError(f"module 'capidsl.lang' has no attribute {name!r}")
+
+
 def parse_duration(text: str) -> Duration:
     """`500 steps`, `3 epochs`, `2.5M tokens`, `90m` -> Duration."""
     from capidsl.lang.parse import parse_duration as parse
