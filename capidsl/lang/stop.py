@@ -48,24 +48,57 @@ def _v(x: float) -> str:
     return f"{x:.4g}"
 
 
-class _Context:
-    """A history seen by the conditions, with the run's step conversions."""
+class _StallTrack:
+    """Early-stopping bookkeeping for one `stalls` clause (Keras: best, wait)."""
 
-    def __init__(self, history: Sequence[Record], steps_per_epoch, tokens_per_step):
-        self.history = tuple(history)
-        self.steps_per_epoch = steps_per_epoch
-        self.tokens_per_step = tokens_per_step
-        self.step = self.history[-1].step if self.history else 0
+    __slots__ = ("best_value", "best", "observed", "since", "last_step")
 
-    def series(self, metric: str, evals_only: bool = False) -> list[tuple[int, float]]:
-        return [(r.step, float(r.metrics[metric])) for r in self.history
-                if metric in r.metrics and (not evals_only or r.kind == "eval")]
+    def __init__(self, baseline):
+        self.best_value = baseline  # None: nothing to beat yet
+        self.best: Best | None = None
+        self.observed = 0  # observations of the metric so far
+        self.since = 0  # observations up to and including the last improvement
+        self.last_step = None
 
-    def latest(self, metric: str) -> tuple[int, float] | None:
-        for r in reversed(self.history):
-            if metric in r.metrics:
-                return r.step, float(r.metrics[metric])
-        return None
+
+class _State:
+    """What the conditions read, kept up to date one record at a time (O(1) per record).
+
+    `StopRule.evaluate(history)` replays the history into a fresh state; `StopMonitor` keeps one
+    across a run. Both go through `add`, so they cannot disagree.
+    """
+
+    def __init__(self, rule: "StopRule"):
+        self.steps_per_epoch = rule.steps_per_epoch
+        self.tokens_per_step = rule.tokens_per_step
+        self.records = 0
+        self.step = 0
+        self.time_s = 0.0
+        self.latest: dict[str, tuple[int, float]] = {}
+        self.lowest: dict[str, tuple[int, float]] = {}  # finite values only; first step on ties
+        self.highest: dict[str, tuple[int, float]] = {}
+        self.stalls = {node: _StallTrack(node.baseline) for node in walk(rule.expr) if isinstance(node, Stalls)}
+
+    def add(self, record: Record) -> None:
+        self.records += 1
+        self.step, self.time_s = record.step, float(record.time_s)
+        for name, raw in record.metrics.items():
+            value = float(raw)
+            self.latest[name] = (record.step, value)
+            if math.isfinite(value):
+                if name not in self.lowest or value < self.lowest[name][1]:
+                    self.lowest[name] = (record.step, value)
+                if name not in self.highest or value > self.highest[name][1]:
+                    self.highest[name] = (record.step, value)
+        for node, track in self.stalls.items():
+            if node.metric in record.metrics and (node.unit != "evals" or record.kind == "eval"):
+                value = float(record.metrics[node.metric])
+                track.observed += 1
+                track.last_step = record.step
+                if node.improves(value, track.best_value):
+                    track.best_value = value
+                    track.best = Best(node.metric, record.step, value)
+                    track.since = track.observed
 
     def need(self, what: str) -> int:
         value = self.steps_per_epoch if what == "epochs" else self.tokens_per_step
@@ -90,7 +123,7 @@ class Const(Node):
     def __str__(self) -> str:
         return _n(self.value)
 
-    def read(self, ctx: _Context):
+    def read(self, ctx: _State):
         return self.value, None
 
 
@@ -104,8 +137,8 @@ class Latest(Node):
     def __str__(self) -> str:
         return self.metric
 
-    def read(self, ctx: _Context):
-        got = ctx.latest(self.metric)
+    def read(self, ctx: _State):
+        got = ctx.latest.get(self.metric)
         if got is None:
             return None, f"{self.metric} not measured yet"
         return got[1], f"{self.metric} = {_v(got[1])} at step {got[0]}"
@@ -129,12 +162,11 @@ class BestOf(Node):
         core = f"best({self.metric})" if BUILTIN_DIRECTIONS.get(self.metric) == self.mode else f"{self.mode}({self.metric})"
         return core if self.scale == 1 else f"{_n(self.scale)} * {core}"
 
-    def read(self, ctx: _Context):
-        values = [(s, v) for s, v in ctx.series(self.metric) if math.isfinite(v)]
-        if not values:
+    def read(self, ctx: _State):
+        got = (ctx.lowest if self.mode == "min" else ctx.highest).get(self.metric)
+        if got is None:
             return None, f"no finite {self.metric} yet"
-        pick = min if self.mode == "min" else max
-        step, value = pick(values, key=lambda sv: sv[1])
+        step, value = got
         return self.scale * value, f"best {self.metric} {_v(value)} at step {step}"
 
 
@@ -160,7 +192,7 @@ class Compare(Node):
     def __str__(self) -> str:
         return f"{self.left} {self.op} {self.right}"
 
-    def check(self, ctx: _Context) -> tuple[bool, str]:
+    def check(self, ctx: _State) -> tuple[bool, str]:
         a, why_a = self.left.read(ctx)
         b, why_b = self.right.read(ctx)
         facts = ", ".join(w for w in (why_a, why_b) if w)
@@ -187,11 +219,11 @@ class Progress(Node):
         shown = str(Duration(self.value, "seconds")) if self.quantity == "time" else _n(self.value)
         return f"{self.quantity} {self.op} {shown}"
 
-    def check(self, ctx: _Context) -> tuple[bool, str]:
-        if not ctx.history:
+    def check(self, ctx: _State) -> tuple[bool, str]:
+        if not ctx.records:
             return False, str(self)
         if self.quantity == "time":
-            now, fact = ctx.history[-1].time_s, f"{_v(ctx.history[-1].time_s)} s elapsed"
+            now, fact = ctx.time_s, f"{_v(ctx.time_s)} s elapsed"
         elif self.quantity == "steps":
             now, fact = ctx.step, f"step {ctx.step}"
         elif self.quantity == "epochs":
@@ -245,33 +277,24 @@ class Stalls(Node):
             return value < best - self.min_delta
         return value > best + self.min_delta
 
-    def track(self, ctx: _Context) -> tuple[list[tuple[int, float]], Best | None, int]:
-        """(observations, best in the Keras sense, index after the last improvement)."""
-        obs = ctx.series(self.metric, evals_only=self.unit == "evals")
-        best_value: float | None = self.baseline
-        best: Best | None = None
-        since = 0
-        for i, (step, value) in enumerate(obs):
-            if self.improves(value, best_value):
-                best_value, best, since = value, Best(self.metric, step, value), i + 1
-        return obs, best, since
-
-    def check(self, ctx: _Context) -> tuple[bool, str]:
-        obs, best, since = self.track(ctx)
-        if not obs:
+    def check(self, ctx: _State) -> tuple[bool, str]:
+        track = ctx.stalls[self]
+        best = track.best
+        if not track.observed:
             return False, f"{self.metric} not measured yet"
         if self.unit == "evals":
-            waited = len(obs) - since
-            stalled = waited >= self.patience
-        else:
+            stalled = track.observed - track.since >= self.patience
+        else:  # measured from the last improvement, or from the start of training
             per = 1 if self.unit == "steps" else ctx.need("epochs")
             ref = best.step if best is not None else 0
-            stalled = obs[-1][0] - ref >= self.patience * per
+            stalled = track.last_step - ref >= self.patience * per
         unit = self.unit[:-1] if self.patience == 1 else self.unit
         if best is not None:
             detail = f"best {_v(best.value)} at step {best.step}"
-        else:
+        elif self.baseline is not None:
             detail = f"never beat the baseline {_n(self.baseline)}"
+        else:
+            detail = "no finite value yet"
         verb = "stalled" if stalled else "has not stalled"
         return stalled, f"{self.metric} {verb} for {_n(self.patience)} {unit} ({detail})"
 
@@ -286,8 +309,8 @@ class Finite(Node):
     def __str__(self) -> str:
         return f"finite({self.metric})"
 
-    def check(self, ctx: _Context) -> tuple[bool, str]:
-        got = ctx.latest(self.metric)
+    def check(self, ctx: _State) -> tuple[bool, str]:
+        got = ctx.latest.get(self.metric)
         if got is None:
             return True, f"{self.metric} not measured yet"
         ok = math.isfinite(got[1])
@@ -303,7 +326,7 @@ class Not(Node):
         inner = str(self.term)
         return f"not ({inner})" if isinstance(self.term, (AnyOf, AllOf)) else f"not {inner}"
 
-    def check(self, ctx: _Context) -> tuple[bool, str]:
+    def check(self, ctx: _State) -> tuple[bool, str]:
         value, why = self.term.check(ctx)
         if isinstance(self.term, Finite):
             return not value, why
@@ -331,7 +354,7 @@ class AnyOf(_Junction):
     def __str__(self) -> str:
         return " or ".join(str(t) for t in self.terms)
 
-    def check(self, ctx: _Context) -> tuple[bool, str]:
+    def check(self, ctx: _State) -> tuple[bool, str]:
         whys = []
         for t in self.terms:
             value, why = t.check(ctx)
@@ -348,7 +371,7 @@ class AllOf(_Junction):
     def __str__(self) -> str:
         return " and ".join(f"({t})" if isinstance(t, AnyOf) else str(t) for t in self.terms)
 
-    def check(self, ctx: _Context) -> tuple[bool, str]:
+    def check(self, ctx: _State) -> tuple[bool, str]:
         whys = []
         for t in self.terms:
             value, why = t.check(ctx)
@@ -423,29 +446,26 @@ class StopRule:
         return tuple(seen)
 
     def evaluate(self, history: Sequence[Record]) -> Decision:
-        """Stop now? Judged at the last record of `history` (the whole run so far)."""
-        ctx = _Context(history, self.steps_per_epoch, self.tokens_per_step)
-        if not ctx.history:
-            return Decision(False, "")
-        stop, why = self.expr.check(ctx)
-        return Decision(True, f"stopped at step {ctx.step}: {why}") if stop else Decision(False, "")
+        """Stop now? Judged at the last record of `history` (the whole run so far, in order)."""
+        monitor = self.monitor()
+        decision = Decision(False, "")
+        for record in history:
+            monitor.add(record)
+        if history:
+            decision = monitor.decide()
+        return decision
+
+    def monitor(self) -> "StopMonitor":
+        """An incremental evaluator for a live run: O(1) per record instead of O(history)."""
+        return StopMonitor(self)
 
     def best(self, history: Sequence[Record], metric: str, mode: str | None = None) -> Best | None:
         """The best `metric` so far, as early stopping judges it when the rule has a `stalls`
         clause on it (min_delta and baseline included); otherwise its plain min or max."""
-        ctx = _Context(history, self.steps_per_epoch, self.tokens_per_step)
-        for node in walk(self.expr):
-            if isinstance(node, Stalls) and node.metric == metric and (mode is None or mode == node.mode):
-                return node.track(ctx)[1]
-        mode = mode or direction_of(metric)
-        if mode is None:
-            raise LangError(f"cannot tell whether a higher or lower {metric} is better",
-                            hint=f"pass mode='min' or 'max' (stop.directions: {{{metric}: min}})")
-        values = [(s, v) for s, v in ctx.series(metric) if math.isfinite(v)]
-        if not values:
-            return None
-        step, value = (min if mode == "min" else max)(values, key=lambda sv: sv[1])
-        return Best(metric, step, value)
+        monitor = self.monitor()
+        for record in history:
+            monitor.add(record)
+        return monitor.best(metric, mode)
 
     def to_json(self) -> dict[str, Any]:
         return {"type": "StopRule", "expr": self.expr.to_json(),
@@ -456,3 +476,37 @@ class StopRule:
         if not isinstance(data, dict) or data.get("type") != "StopRule":
             raise ValueError(f"not the JSON of a StopRule: {data!r:.200}")
         return cls(node_from_json(data["expr"]), data.get("steps_per_epoch"), data.get("tokens_per_step"))
+
+
+class StopMonitor:
+    """Follows a run record by record; `observe(record)` gives the same Decision as
+    `rule.evaluate(history_so_far)` (tested), without replaying the history each time."""
+
+    def __init__(self, rule: StopRule):
+        self.rule = rule
+        self._state = _State(rule)
+
+    def add(self, record: Record) -> None:
+        self._state.add(record)
+
+    def decide(self) -> Decision:
+        if not self._state.records:
+            return Decision(False, "")
+        stop, why = self.rule.expr.check(self._state)
+        return Decision(True, f"stopped at step {self._state.step}: {why}") if stop else Decision(False, "")
+
+    def observe(self, record: Record) -> Decision:
+        self.add(record)
+        return self.decide()
+
+    def best(self, metric: str, mode: str | None = None) -> Best | None:
+        """See `StopRule.best`."""
+        for node, track in self._state.stalls.items():
+            if node.metric == metric and (mode is None or mode == node.mode):
+                return track.best
+        mode = mode or direction_of(metric)
+        if mode is None:
+            raise LangError(f"cannot tell whether a higher or lower {metric} is better",
+                            hint=f"pass mode='min' or 'max' (stop.directions: {{{metric}: min}})")
+        got = (self._state.lowest if mode == "min" else self._state.highest).get(metric)
+        return None if got is None else Best(metric, *got)

@@ -235,3 +235,29 @@ def test_matches_keras_early_stopping(values, patience, min_delta, baseline, mod
     history = evals(values, metric="m")
     ours = next((i for i in range(len(values)) if rule.evaluate(history[: i + 1]).stop), None)
     assert ours == keras_stop_epoch(values, patience, min_delta, baseline, mode)
+
+
+# ---- the incremental monitor agrees with the pure evaluation ------------------------------
+
+from .strategies import stop_rules  # noqa: E402
+
+_records = st.builds(
+    lambda dt, kind, metrics: (dt, kind, metrics),
+    st.integers(1, 50),
+    st.sampled_from(["eval", "log"]),
+    st.dictionaries(st.sampled_from(["loss", "val_loss", "val_accuracy", "perplexity", "score", "train/ce", "acc_top5"]),
+                    st.floats(-5, 5) | st.just(math.nan) | st.just(math.inf), max_size=3),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(stop_rules, st.lists(_records, max_size=30))
+def test_monitor_agrees_with_evaluate(rule, raw):
+    rule = rule.resolve(steps_per_epoch=7, tokens_per_step=3)
+    history, step = [], 0
+    for dt, kind, metrics in raw:
+        step += dt
+        history.append(Record(step, step * 0.5, kind, metrics))
+    monitor = rule.monitor()
+    for i, record in enumerate(history):
+        assert monitor.observe(record) == rule.evaluate(tuple(history[: i + 1]))
