@@ -12,7 +12,7 @@ from capidsl.lang.errors import LangError
 from capidsl.lang.node import Node
 from capidsl.lang.numbers import Number, exact, format_number, normal
 
-UNITS = ("steps", "epochs", "tokens", "seconds")
+UNITS = ("steps", "epochs", "tokens", "seconds", "percent")  # percent: of the run, in schedules only
 
 # Every spelling the grammar accepts for a unit, to the unit and the factor into it.
 UNIT_WORDS: dict[str, tuple[str, int]] = {
@@ -33,7 +33,10 @@ def _singular(unit: str) -> str:
 
 @dataclass(frozen=True)
 class Duration(Node):
-    """An amount of training: `value` in `unit` (steps | epochs | tokens | seconds)."""
+    """An amount of training: `value` in `unit` (steps | epochs | tokens | seconds | percent).
+
+    `percent` (written `10%`) is a share of the whole run; the grammar allows it only inside
+    schedules, where the run length is known when the schedule is resolved."""
 
     value: Number
     unit: str
@@ -50,6 +53,8 @@ class Duration(Node):
         return self.unit == "seconds"
 
     def __str__(self) -> str:
+        if self.unit == "percent":
+            return f"{format_number(self.value)}%"
         if self.unit == "seconds":
             for suffix, scale in (("h", 3600), ("m", 60)):
                 q = exact(self.value) / scale
@@ -59,11 +64,12 @@ class Duration(Node):
         unit = _singular(self.unit) if self.value == 1 else self.unit
         return f"{format_number(self.value)} {unit}"
 
-    def to_steps(self, steps_per_epoch: int | None = None, tokens_per_step: int | None = None) -> int:
+    def to_steps(self, steps_per_epoch: int | None = None, tokens_per_step: int | None = None,
+                 total_steps: int | None = None) -> int:
         """The exact number of optimizer steps, or a LangError naming the nearest whole counts."""
-        return self._to_steps(steps_per_epoch, tokens_per_step, self.source)
+        return self._to_steps(steps_per_epoch, tokens_per_step, self.source, total_steps)
 
-    def _to_steps(self, steps_per_epoch, tokens_per_step, source: str | None) -> int:
+    def _to_steps(self, steps_per_epoch, tokens_per_step, source: str | None, total_steps=None) -> int:
         if source is None:  # built in code or loaded from JSON: point at the canonical text
             text, column = str(self), 1
         else:
@@ -86,6 +92,11 @@ class Duration(Node):
                 raise fail(f"{self} cannot be turned into steps without the number of tokens per step")
             steps = v / tokens_per_step
             what = f"at {tokens_per_step} tokens per step"
+        elif self.unit == "percent":
+            if not total_steps:
+                raise fail(f"{self} of what? A share of the run needs the run's length in steps")
+            steps = v * total_steps / 100
+            what = f"of a {total_steps}-step run"
         else:
             raise fail(f"{self} is wall-clock time, which has no fixed number of steps",
                        hint="use steps, epochs or tokens here")

@@ -68,6 +68,8 @@ def duration_words(d: Duration) -> str:
                 "(turned into steps once the plan knows the dataset size and the batch)")
     if d.unit == "tokens":
         return f"{v} training tokens (steps = tokens / tokens per step, which must divide exactly)"
+    if d.unit == "percent":
+        return f"{d} of the whole run (exact in steps once the run length is known)"
     return f"{str(d)} of wall-clock time ({_n(d.value)} seconds)"
 
 

@@ -162,6 +162,12 @@ class _Builder(Transformer):
             raise self._error(f"{name} are counted in whole numbers, not {num.value}", num.span[0])
         return Duration(value, name, span=_span(meta))
 
+    def share(self, meta, children):
+        (num,) = children
+        if not 0 < num.value <= 100:
+            raise self._error(f"a share of the run is more than 0% and at most 100%, not {num.value}%", num.span[0])
+        return Duration(num.value, "percent", span=_span(meta))
+
     def cadence(self, meta, children):
         return Cadence(children[0], span=_span(meta), source=self.text)
 

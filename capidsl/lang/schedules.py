@@ -314,6 +314,8 @@ class Schedule(Node):
             raise self._error(f"a schedule length must be in steps, epochs or tokens, not wall-clock time ({d})", i)
         if d.value <= 0:
             raise self._error(f"a schedule length must be positive ({d})", i)
+        if d.unit == "percent" and d.value > 100:
+            raise self._error(f"a share of the run is at most 100%, not {d}", i)
         if d.unit in ("steps", "tokens") and not isinstance(d.value, int):
             raise self._error(f"{d} is not a whole number of {d.unit}", i)
 
@@ -327,7 +329,7 @@ class Schedule(Node):
         text = self.source if self.source is not None else str(self)
 
         def steps_of(d: Duration) -> int:
-            return d._to_steps(steps_per_epoch, tokens_per_step, self.source)
+            return d._to_steps(steps_per_epoch, tokens_per_step, self.source, total_steps)
 
         out: list[ResolvedPiece] = []
         at = 0

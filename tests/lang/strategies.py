@@ -20,6 +20,7 @@ durations = st.one_of(
     st.builds(Duration, small_ints | st.floats(1e-3, 1e6, allow_nan=False), st.just("seconds")),
 )
 run_lengths = st.one_of(
+    st.builds(Duration, st.integers(1, 100) | st.floats(1e-3, 100, allow_nan=False), st.just("percent")),
     st.builds(Duration, small_ints, st.just("steps")),
     st.builds(Duration, small_ints | st.floats(1e-3, 1e4, allow_nan=False), st.just("epochs")),
     st.builds(Duration, small_ints, st.just("tokens")),

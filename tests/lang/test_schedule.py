@@ -209,3 +209,12 @@ def test_optax_wsd():
 def test_optax_jump():
     got = _values("linear(1 -> 0, 10 steps) then jump to linear(1 -> 0, rest)", 20, [9, 10, 15])
     assert got == pytest.approx([0.1, 1.0, 0.5], rel=1e-6)
+
+
+def test_shares_of_the_run_resolve_exactly():
+    s = parse_schedule("wsd(3e-4, warmup 5%, decay 20%)")
+    assert str(s) == "wsd(3e-4, warmup 5%, decay 20%)"
+    assert [p.steps for p in s.resolve(1000).pieces] == [50, 750, 200]
+    e = _error("linear(0 -> 1, 10%) then constant(1, rest)", total_steps=205)
+    assert "20.5 steps" in e.message and "20 steps or 21 steps" in e.hint and e.column == 16
+    assert _error("linear(0 -> 1, 150%)").column == 16
