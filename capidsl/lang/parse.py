@@ -345,9 +345,12 @@ def _words(expected: Iterable[str]) -> tuple[str, list[str]]:
     if pieces:
         parts.append("a schedule piece (" + ", ".join(p for p in _PIECES if p in pieces) + ")")
     parts.extend(_NAMED[n] for n in named)
+    share = "% of the run, " if "%" in rest and units else ""
+    if share:
+        rest.remove("%")
     if units:
         if {"step", "epoch", "token"} & set(units) and "s" in units:
-            parts.append("a unit (steps, epochs, tokens, or s, m, h for wall-clock time)")
+            parts.append(f"a unit (steps, epochs, tokens, {share}or s, m, h for wall-clock time)")
         elif "s" in units:
             parts.append("a time unit (s, m, h)")
         else:
