@@ -395,7 +395,9 @@ def _syntax_error(err: UnexpectedInput, text: str, kind: str, metrics) -> LangEr
         close = difflib.get_close_matches(word, pool, n=1, cutoff=0.6)
         if close:
             hint = f"did you mean {close[0]}?"
-    return LangError(f"unexpected {found} in {_KIND_WORDS[kind]}", text, pos + 1, expected=words, hint=hint)
+    the = "the" + _KIND_WORDS[kind][1:].removeprefix("n")  # "a schedule" -> "the schedule"
+    message = f"unexpected end of {the}" if found == "the end of the expression" else f"unexpected {found} in {_KIND_WORDS[kind]}"
+    return LangError(message, text, pos + 1, expected=words, hint=hint)
 
 
 def _accepted(prefix: str, kind: str) -> set[str]:

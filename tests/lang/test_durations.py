@@ -82,7 +82,7 @@ def test_to_steps_needs_the_run():
 @pytest.mark.parametrize("text, message, column", [
     ("2.5 steps", "whole numbers", 1),
     ("0 steps", "positive", 1),
-    ("5", "unexpected the end", 2),
+    ("5", "unexpected end of the duration", 2),
     ("5 stps", "unexpected `stps`", 3),
     ("five steps", "unexpected `five`", 1),
 ])

@@ -17,19 +17,21 @@ def _json(x):
     return from_json(json.loads(json.dumps(x.to_json(), allow_nan=False)))
 
 
+@settings(deadline=None)
 @given(durations)
 def test_duration_roundtrip(d):
     assert parse_duration(str(d)) == d
     assert _json(d) == d
 
 
+@settings(deadline=None)
 @given(cadences)
 def test_cadence_roundtrip(c):
     assert parse_cadence(str(c)) == c
     assert _json(c) == c
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(schedules())
 def test_schedule_roundtrip(s):
     text = str(s)
@@ -39,7 +41,7 @@ def test_schedule_roundtrip(s):
     assert _json(s) == s
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(stop_rules)
 def test_stop_rule_roundtrip(rule):
     text = str(rule)

@@ -261,3 +261,11 @@ def test_monitor_agrees_with_evaluate(rule, raw):
     monitor = rule.monitor()
     for i, record in enumerate(history):
         assert monitor.observe(record) == rule.evaluate(tuple(history[: i + 1]))
+
+
+def test_columns_count_the_whole_text_across_lines():
+    text = "val_loss < 1 and\n  loss > 2 an"
+    with pytest.raises(LangError) as err:
+        parse_stop_rule(text)
+    assert text[err.value.column - 1:].startswith("an")
+    assert err.value.render().splitlines()[1:3] == ["    loss > 2 an", "             ^"]
