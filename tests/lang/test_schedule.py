@@ -218,3 +218,21 @@ def test_shares_of_the_run_resolve_exactly():
     e = _error("linear(0 -> 1, 10%) then constant(1, rest)", total_steps=205)
     assert "20.5 steps" in e.message and "20 steps or 21 steps" in e.hint and e.column == 16
     assert _error("linear(0 -> 1, 150%)").column == 16
+
+
+def test_optax_increasing_exponential():
+    got = _values("exponential(1e-5 -> 1e-3, 100 steps) then constant(1e-3, rest)", 200, [0, 50, 100, 150])
+    assert got == pytest.approx([1e-5, 1e-4, 1e-3, 1e-3], rel=1e-5)
+
+
+def test_optax_schedule_traces_under_jit():
+    import jax
+    import jax.numpy as jnp
+
+    from capidsl.exec.schedule import to_optax
+
+    text = "linear(0 -> 1e-3, 100 steps) then cosine(1e-3 -> 1e-4, 200 steps) then inverse_sqrt(1e-4, rest)"
+    f = to_optax(parse_schedule(text).resolve(1000))
+    jitted = jax.jit(f)
+    for step in (0, 99, 100, 150, 300, 301, 999):
+        assert float(jitted(jnp.int32(step))) == pytest.approx(float(f(step)), rel=1e-6)
