@@ -73,7 +73,7 @@ def _parse(text: str, kind: str, metrics: tuple[str, ...] | None = None, directi
     if not isinstance(text, str):
         raise LangError(f"{_KIND_WORDS[kind]} must be written as text, not {type(text).__name__}", str(text), None)
     if not text.strip():
-        raise LangError(f"{_KIND_WORDS[kind]} is empty", text, 1, expected=_expected_for(kind))
+        raise LangError(f"{_the(kind)} is empty", text, 1, expected=_expected_for(kind))
     try:
         tree = parser().parse(text, start=kind)
     except UnexpectedInput as err:
@@ -395,8 +395,9 @@ def _syntax_error(err: UnexpectedInput, text: str, kind: str, metrics) -> LangEr
         close = difflib.get_close_matches(word, pool, n=1, cutoff=0.6)
         if close:
             hint = f"did you mean {close[0]}?"
-    the = "the" + _KIND_WORDS[kind][1:].removeprefix("n")  # "a schedule" -> "the schedule"
-    message = f"unexpected end of {the}" if found == "the end of the expression" else f"unexpected {found} in {_KIND_WORDS[kind]}"
+    if found == "`%`" and kind in ("duration", "cadence"):
+        hint = "a share of the run (10%) is a schedule length only; write steps, epochs or tokens here"
+    message = f"unexpected end of {_the(kind)}" if found == "the end of the expression" else f"unexpected {found} in {_KIND_WORDS[kind]}"
     return LangError(message, text, pos + 1, expected=words, hint=hint)
 
 
@@ -408,6 +409,10 @@ def _accepted(prefix: str, kind: str) -> set[str]:
         return set(ip.accepts())
     except UnexpectedInput:
         return set()
+
+
+def _the(kind: str) -> str:
+    return "the " + _KIND_WORDS[kind].split(" ", 1)[1]  # "a schedule" -> "the schedule"
 
 
 def _word_at(text: str, pos: int) -> str:
