@@ -1,0 +1,207 @@
+"""The GPT module: a decoder-only transformer covering GPT-2 and Llama-style configurations.
+
+Learned or rotary positions, LayerNorm or RMSNorm, GELU MLP or SwiGLU, multi-head or grouped-query
+attention (k/v heads repeated to the query heads), tied or untied output embeddings, optional
+biases, dropout. Pre-norm residual blocks, causal attention with a `jnp.tril` mask.
+
+The `n_layers` blocks are one stacked module: built once under `nnx.vmap` (every parameter gains
+a leading "layers" axis) and run with `jax.lax.scan` over the split state, so tracing, `eval_shape`
+and compile time do not grow with depth (MaxText's `scan_layers`). Rematerialisation wraps the
+scanned block in `jax.checkpoint`: "full" saves only each block's input, "dots" also saves the
+outputs of matmuls without batch dimensions (`dots_with_no_batch_dims_saveable`: the projections,
+not the attention scores).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from capidsl.models.family import LOGICAL_AXES_KEY
+from capidsl.models.layers import INIT_STD, Dense, Embed, Norm, dropout, matmul_f32
+
+REMAT_POLICIES = {
+    "full": None,  # jax.checkpoint's default: save nothing but the block's inputs
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """The normalised options (see `capidsl.models.gpt.GPTFamily.normalize`), hashable for the graphdef."""
+
+    vocab_size: int
+    seq_len: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_ff: int
+    position: str  # learned | rope
+    norm: str  # layernorm | rmsnorm
+    mlp: str  # gelu | swiglu
+    tied_embeddings: bool
+    bias: bool
+    dropout: float
+    rope_theta: float
+    norm_eps: float
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+def rope_tables(seq: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """cos and sin [seq, 1, head_dim] for rotary embeddings (Su et al. 2021), "rotate half" layout."""
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs = jnp.arange(seq, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+    angles = jnp.concatenate([freqs, freqs], axis=-1)[:, None, :]
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x [B, T, heads, head_dim] rotated pairwise by position (as GPT-NeoX and Llama in HF)."""
+    half = x.shape[-1] // 2
+    xf = x.astype(jnp.float32)
+    rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
+    return (xf * cos + rotated * sin).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    """Causal self-attention; q/o over "heads" (n_heads·head_dim), k/v over "kv_heads"."""
+
+    def __init__(self, c: GPTConfig, *, rngs, param_dtype, compute_dtype):
+        d, hd = c.d_model, c.head_dim
+        kw = dict(bias=c.bias, rngs=rngs, param_dtype=param_dtype, compute_dtype=compute_dtype)
+        self.q = Dense(d, c.n_heads * hd, ("embed", "heads"), **kw)
+        self.k = Dense(d, c.n_kv_heads * hd, ("embed", "kv_heads"), **kw)
+        self.v = Dense(d, c.n_kv_heads * hd, ("embed", "kv_heads"), **kw)
+        # GPT-2 scales the residual projections' init by 1/sqrt(2·n_layers).
+        self.o = Dense(c.n_heads * hd, d, ("heads", "embed"), std=INIT_STD / math.sqrt(2 * c.n_layers), **kw)
+        self.config, self.compute_dtype = c, compute_dtype
+
+    def __call__(self, x: jax.Array, rope, key) -> jax.Array:
+        c = self.config
+        b, t, _ = x.shape
+        hd = c.head_dim
+        q = self.q(x).reshape(b, t, c.n_heads, hd)
+        k = self.k(x).reshape(b, t, c.n_kv_heads, hd)
+        v = self.v(x).reshape(b, t, c.n_kv_heads, hd)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if c.n_kv_heads != c.n_heads:  # grouped-query attention: each k/v head serves a group of q heads
+            k = jnp.repeat(k, c.n_heads // c.n_kv_heads, axis=2)
+            v = jnp.repeat(v, c.n_heads // c.n_kv_heads, axis=2)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(hd)
+        causal = jnp.tril(jnp.ones((t, t), dtype=bool))
+        scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.compute_dtype)
+        probs = dropout(probs, c.dropout, key)
+        y = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, c.n_heads * hd)
+        return self.o(y)
+
+
+class FeedForward(nnx.Module):
+    """GELU MLP (up, down) or SwiGLU (gate, up, down: down(silu(gate x) · up x), Shazeer 2020)."""
+
+    def __init__(self, c: GPTConfig, *, rngs, param_dtype, compute_dtype):
+        kw = dict(bias=c.bias, rngs=rngs, param_dtype=param_dtype, compute_dtype=compute_dtype)
+        self.kind = c.mlp
+        self.gate = Dense(c.d_model, c.d_ff, ("embed", "mlp"), **kw) if c.mlp == "swiglu" else None
+        self.up = Dense(c.d_model, c.d_ff, ("embed", "mlp"), **kw)
+        self.down = Dense(c.d_ff, c.d_model, ("mlp", "embed"), std=INIT_STD / math.sqrt(2 * c.n_layers), **kw)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.kind == "swiglu":
+            return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+        return self.down(jax.nn.gelu(self.up(x), approximate=True))
+
+
+class Block(nnx.Module):
+    """x + attn(norm(x)), then x + mlp(norm(x)); residual dropout on each branch."""
+
+    def __init__(self, c: GPTConfig, *, rngs, param_dtype, compute_dtype):
+        kw = dict(param_dtype=param_dtype, compute_dtype=compute_dtype)
+        self.attn_norm = Norm(c.d_model, c.norm, bias=c.bias, eps=c.norm_eps, **kw)
+        self.attn = Attention(c, rngs=rngs, **kw)
+        self.mlp_norm = Norm(c.d_model, c.norm, bias=c.bias, eps=c.norm_eps, **kw)
+        self.mlp = FeedForward(c, rngs=rngs, **kw)
+        self.rate = c.dropout
+
+    def __call__(self, x: jax.Array, rope, key) -> jax.Array:
+        k_attn, k_res1, k_res2 = jax.random.split(key, 3) if key is not None else (None, None, None)
+        x = x + dropout(self.attn(self.attn_norm(x), rope, k_attn), self.rate, k_res1)
+        return x + dropout(self.mlp(self.mlp_norm(x)), self.rate, k_res2)
+
+
+def stacked_blocks(c: GPTConfig, *, rngs, param_dtype, compute_dtype) -> Block:
+    """`n_layers` blocks as one module whose parameters have a leading "layers" axis."""
+
+    @nnx.split_rngs(splits=c.n_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, axis_size=c.n_layers)
+    def create(r):
+        return Block(c, rngs=r, param_dtype=param_dtype, compute_dtype=compute_dtype)
+
+    blocks = create(rngs)
+    for _, node in nnx.iter_graph(blocks):
+        if isinstance(node, nnx.Param):
+            node.set_metadata(**{LOGICAL_AXES_KEY: ("layers",) + tuple(node.get_metadata()[LOGICAL_AXES_KEY])})
+    return blocks
+
+
+class GPT(nnx.Module):
+    """Token ids [B, T] → float32 logits [B, T, vocab]."""
+
+    def __init__(self, c: GPTConfig, *, rngs: nnx.Rngs, param_dtype, compute_dtype, remat: str = "none"):
+        kw = dict(param_dtype=param_dtype, compute_dtype=compute_dtype)
+        self.config, self.remat, self.compute_dtype = c, remat, compute_dtype
+        self.wte = Embed(c.vocab_size, c.d_model, ("vocab", "embed"), rngs=rngs, **kw)
+        self.wpe = Embed(c.seq_len, c.d_model, (None, "embed"), rngs=rngs, **kw) if c.position == "learned" else None
+        self.blocks = stacked_blocks(c, rngs=rngs, **kw)
+        self.final_norm = Norm(c.d_model, c.norm, bias=c.bias, eps=c.norm_eps, **kw)
+        self.lm_head = None if c.tied_embeddings else Dense(c.d_model, c.vocab_size, ("embed", "vocab"), bias=False, rngs=rngs, **kw)
+
+    def __call__(self, inputs: jax.Array, *, deterministic: bool = True, rngs: nnx.Rngs | None = None,
+                 unroll: bool = False) -> jax.Array:
+        """Logits. Dropout needs `rngs` (a "dropout" stream) unless `deterministic`; `unroll` runs
+        the layers as a Python loop instead of a scan (same result; a plain graph for export)."""
+        c = self.config
+        t = inputs.shape[-1]
+        if t > c.seq_len:
+            raise ValueError(f"sequence of {t} tokens is longer than seq_len {c.seq_len}")
+        use_dropout = not deterministic and c.dropout > 0.0
+        if use_dropout and rngs is None:
+            raise ValueError("dropout > 0 and deterministic=False need rngs with a 'dropout' stream")
+        keys = jax.random.split(rngs.dropout(), c.n_layers + 1) if use_dropout else None
+
+        x = self.wte(inputs)
+        if self.wpe is not None:
+            x = x + self.wpe.embedding[:t].astype(self.compute_dtype)
+        x = dropout(x, c.dropout, keys[0] if use_dropout else None)
+        rope = rope_tables(t, c.head_dim, c.rope_theta) if c.position == "rope" else None
+        x = self._run_blocks(x, rope, keys[1:] if use_dropout else None, unroll)
+        h = self.final_norm(x)
+        if self.lm_head is None:
+            return self.wte.attend(h)
+        return matmul_f32(h, self.lm_head.kernel[...].astype(self.compute_dtype))
+
+    def _run_blocks(self, x, rope, keys, unroll: bool):
+        graphdef, state = nnx.split(self.blocks)
+
+        def body(x, layer):
+            layer_state, key = layer
+            return nnx.merge(graphdef, layer_state)(x, rope, key), None
+
+        if self.remat != "none":
+            body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
+        if unroll:
+            for i in range(self.config.n_layers):
+                layer = jax.tree_util.tree_map(lambda a: a[i], (state, keys))
+                x, _ = body(x, layer)
+            return x
+        x, _ = jax.lax.scan(body, x, (state, keys))
+        return x
