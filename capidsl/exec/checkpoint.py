@@ -117,6 +117,19 @@ def verify_manifest(step_dir: Path) -> str | None:
     return None
 
 
+def _single_process_array_writes() -> None:
+    """One process writes each array from its first replica, without orbax's replica-parallel split.
+
+    Replica-parallel writing (orbax's default off GPU) slices every replicated array across its
+    replicas so that several *hosts* can write parts of it; inside one process it only costs a
+    compiled `slice` per array shape (~0.15 s each: seconds at the first checkpoint of a small
+    model). With several processes, orbax's default is kept.
+    """
+    if jax.process_count() == 1:
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+
 class Checkpoints:
     """The run's checkpoints: cadence-free (the loop decides when), keep-N plus keep-best, async.
 
@@ -142,6 +155,7 @@ class Checkpoints:
             enable_async_checkpointing=plan.async_save,
             preservation_policy=ocm.AnyPreservationPolicy(policies),
         )
+        _single_process_array_writes()
         self._mgr = ocp.CheckpointManager(self.directory, options=options)
         self._pending: int | None = None  # a step whose async save has not been confirmed yet
 

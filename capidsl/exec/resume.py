@@ -13,8 +13,23 @@ from capidsl.exec.errors import RunError
 from capidsl.plan.plan import RESUME_SAFE, Plan
 
 
+def _keyed(v: Any) -> Any:
+    """Plan lists that are really mappings, as dicts: frozen options ([key, value] pairs) and
+    tables of parameters (dicts with a "path"), so that a diff names `model.config.d_model`."""
+    if isinstance(v, list) and v and all(isinstance(x, list) and len(x) == 2 and isinstance(x[0], str) for x in v):
+        return {x[0]: x[1] for x in v}
+    if isinstance(v, list) and v and all(isinstance(x, dict) and isinstance(x.get("path"), str) for x in v):
+        return {x["path"]: x for x in v}
+    return v
+
+
+# Fields derived from others: shown after the change that caused them.
+_DERIVED = ("sharding.", "model.param_count", "batch.tokens_per_step")
+
+
 def json_diff(old: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any]]:
     """(dotted path, old, new) for every leaf that differs between two JSON values."""
+    old, new = _keyed(old), _keyed(new)
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
         for k in sorted(set(old) | set(new)):
@@ -41,6 +56,7 @@ def check_resume(plan: Plan, meta: dict[str, Any]) -> list[str]:
     if meta.get("fingerprint") != plan.fingerprint:
         unsafe = [d for d in json_diff({k: v for k, v in old.items() if k not in RESUME_SAFE},
                                        {k: v for k, v in new.items() if k not in RESUME_SAFE})]
+        unsafe.sort(key=lambda d: d[0].startswith(_DERIVED))
         shown = "; ".join(f"{p}: {_short(a)} → {_short(b)}" for p, a, b in unsafe[:8])
         more = f" (and {len(unsafe) - 8} more)" if len(unsafe) > 8 else ""
         raise RunError(
