@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -125,9 +126,21 @@ def _single_process_array_writes() -> None:
     compiled `slice` per array shape (~0.15 s each: seconds at the first checkpoint of a small
     model). With several processes, orbax's default is kept.
     """
-    if jax.process_count() == 1:
+    global _ARRAY_HANDLER_SET
+    if _ARRAY_HANDLER_SET or jax.process_count() != 1:
+        return
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.ERROR)  # orbax warns about every override
+    try:
         ocp.type_handlers.register_type_handler(
             jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+    finally:
+        absl.setLevel(level)
+    _ARRAY_HANDLER_SET = True
+
+
+_ARRAY_HANDLER_SET = False
 
 
 class Checkpoints:

@@ -1,6 +1,6 @@
 """A stand-in for `capidsl.data` in loop tests: a few fixed batches cycled, exact get/set_state.
 
-Fast and precise: a test can poison one chosen batch (a NaN in the mask) and know at which step
+Fast and precise: a test can poison one chosen batch (a NaN feature, or a NaN in a gpt mask) and know at which step
 it is consumed. `install(monkeypatch, nan_at=...)` puts it in place of the real pipeline.
 """
 
@@ -27,8 +27,9 @@ class FakeLoader:
         batch = {k: v.copy() for k, v in self.batches[self.index % len(self.batches)].items()}
         self.index += 1
         if self.nan_at is not None and self.index == self.nan_at:
-            batch["mask"] = batch["mask"].astype(np.float32)
-            batch["mask"].flat[0] = np.nan
+            key = "x" if "x" in batch else "mask"  # a NaN feature (mlp), else a NaN token weight (gpt)
+            batch[key] = batch[key].astype(np.float32)
+            batch[key].flat[0] = np.nan
         return batch
 
     def get_state(self):

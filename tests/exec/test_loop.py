@@ -22,8 +22,10 @@ from capidsl.lang import parse_stop_rule
 from capidsl.plan.plan import CheckpointPlan, StopPlan
 
 
-def _plan(total=12, log=2, ckpt=4, evals=4, stop=None, restore_best=False, d_model=32, **kw):
-    plan = make_plan("gpt", mesh={"data": 8}, total_steps=total, lr=3e-3, d_model=d_model, **kw)
+def _plan(total=12, log=2, ckpt=4, evals=4, stop=None, restore_best=False, family="gpt", **kw):
+    if family == "gpt":
+        kw.setdefault("d_model", 32)
+    plan = make_plan(family, mesh={"data": 8}, total_steps=total, lr=3e-3, **kw)
     rule = parse_stop_rule(stop, metrics=("loss", "val_loss", "lr", "grad_norm")).resolve(total, 1) if stop else None
     return dataclasses.replace(
         plan,
@@ -108,7 +110,7 @@ def test_changed_shape_is_refused_naming_the_change_and_safe_changes_are_allowed
 
 
 def test_nan_in_the_data_stops_by_not_finite_without_a_nan_checkpoint(tmp_path, monkeypatch):
-    plan = _plan(total=20, log=1, ckpt=1, evals=None, stop="not finite(loss)")
+    plan = _plan(total=20, log=1, ckpt=1, evals=None, stop="not finite(loss)", family="mlp")
     fake_data.install(monkeypatch, plan, nan_at=6)
     with pytest.warns(CheckpointWarning, match="no checkpoint at step 6"):
         s = run(plan, tmp_path)
