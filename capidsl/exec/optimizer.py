@@ -18,14 +18,8 @@ STACKED_AXIS = "layers"  # the logical axis of stacked (scanned) layers: not a w
 
 def learning_rate(plan: Plan) -> optax.Schedule:
     """The plan's resolved schedule as an optax schedule of the optimizer step."""
-    try:
-        from capidsl.exec.schedule import to_optax  # compiles a ResolvedSchedule with optax.join_schedules
-    except ImportError:
-        values = {v for p in plan.schedule.pieces if p.kind == "constant" for v in (p.init_value, p.end_value)}
-        if len(values) != 1 or any(p.kind != "constant" for p in plan.schedule.pieces):
-            raise RunError("this build of capidsl cannot compile non-constant schedules yet", subject="schedule",
-                           hint="use a constant learning rate") from None
-        return optax.constant_schedule(values.pop())
+    from capidsl.exec.schedule import to_optax  # compiles a ResolvedSchedule with optax.join_schedules
+
     return to_optax(plan.schedule)
 
 

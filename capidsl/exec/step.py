@@ -108,7 +108,7 @@ def make_train_step(plan: Plan, mesh: Mesh, graphdef: nnx.GraphDef):
         gsum, lsum, wsum = _sum_grads(
             state.params, micro, lambda p, mb, r: loss_fn(p, mb, r, state.loss_scale), chunks, key
         )
-        denom = jnp.where(wsum > 0, wsum, 1.0)
+        denom = jnp.where(wsum == 0, 1.0, wsum)  # an all-padding batch: loss 0; a NaN weight stays NaN
         grads = jax.tree_util.tree_map(lambda g: g / denom, unscale_grads(prec, state.loss_scale, gsum))
         loss = lsum / denom
         grad_norm = optax.tree.norm(grads)

@@ -49,17 +49,16 @@ RULES: dict[str, tuple[str, ...]] = {
     "vocab": ("tensor",),
     "heads": ("tensor",),
     "kv_heads": ("tensor",),
-    "q_heads": ("tensor",),
     "mlp": ("tensor",),
     "hidden": ("tensor",),
     "classes": (),
-    "features": ("fsdp",),
-    "head_dim": (),
+    "input": ("fsdp",),
+    "norm": (),
     "layers": (),
 }
 
 TINY = {
-    "gpt": dict(vocab_size=64, seq_len=16, d_model=32, n_layers=2, n_heads=4, dropout=0.0),
+    "gpt": dict(vocab_size=32, seq_len=8, d_model=16, n_layers=1, n_heads=2, dropout=0.0),
     "mlp": dict(input_dim=8, hidden=[32, 32], num_classes=4, dropout=0.0),
 }
 

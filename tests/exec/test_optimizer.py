@@ -15,14 +15,16 @@ from capidsl.exec.state import init_state
 from plan_factory import make_plan
 
 
-def _params(plan):
+@pytest.fixture(scope="module")
+def params():
+    """The tiny gpt's parameters (the same tree whatever the optimizer): initialised once."""
+    plan = make_plan("gpt")
     _, state = init_state(plan, build_mesh(plan, jax.devices()[:1]))
     return state.params
 
 
-def test_decay_mask_is_matrices_only():
+def test_decay_mask_is_matrices_only(params):
     plan = make_plan("gpt")
-    params = _params(plan)
     mask = {param_path(k): v for k, v in jax.tree_util.tree_leaves_with_path(decay_mask(plan)(params))}
     table = {p.path: p for p in plan.sharding.params}
     assert set(mask) == set(table)
@@ -35,10 +37,9 @@ def test_decay_mask_is_matrices_only():
 
 
 @pytest.mark.parametrize("name", ["adamw", "adam", "sgd", "lion", "adafactor"])
-def test_decay_touches_matrices_only(name):
+def test_decay_touches_matrices_only(name, params):
     """With zero gradients the only change is weight decay: matrices shrink, biases and norms stay."""
     plan = make_plan("gpt", optimizer=name, weight_decay=0.1, lr=0.1, grad_clip=1.0)
-    params = _params(plan)
     tx = make_optimizer(plan)
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
     updates, _ = tx.update(zeros, tx.init(params), params)
@@ -65,9 +66,8 @@ def test_unknown_optimizer_is_a_run_error():
         make_optimizer(bad)
 
 
-def test_clipping_bounds_the_update():
+def test_clipping_bounds_the_update(params):
     plan = make_plan("gpt", optimizer="sgd", weight_decay=0.0, lr=1.0, grad_clip=0.5)
-    params = _params(plan)
     tx = make_optimizer(plan)
     huge = jax.tree_util.tree_map(lambda p: jnp.full(p.shape, 1e3, p.dtype), params)
     updates, _ = tx.update(huge, tx.init(params), params)

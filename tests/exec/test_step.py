@@ -39,7 +39,7 @@ def test_accumulation_equals_one_large_batch(mesh):
     dp = 1 if mesh is None else mesh["data"]
     common = dict(mesh=mesh, optimizer="sgd", weight_decay=0.0, grad_clip=None, lr=0.5)
     big = make_plan("gpt", micro_batch=8 // dp, accumulation=1, **common)
-    acc = make_plan("gpt", micro_batch=2 // dp if dp == 1 else 1, accumulation=4 if dp == 1 else 4, **common)
+    acc = make_plan("gpt", micro_batch=2 // dp, accumulation=4, **common)
     assert big.batch.global_batch == acc.batch.global_batch
     t = big.batch.seq_len
     real = [t, 1, t // 2, 3, t, 2, 1, t - 1][: big.batch.global_batch]
@@ -54,13 +54,21 @@ def test_accumulation_equals_one_large_batch(mesh):
         np.testing.assert_allclose(x, y, atol=1e-6, rtol=0)
 
 
-def test_loss_is_the_mean_over_real_tokens():
+@pytest.fixture(scope="module")
+def accumulating():
+    """One compiled step (micro 2 × accumulation 2) and a fresh-state maker, shared by the tests below."""
     plan = make_plan("gpt", micro_batch=2, accumulation=2)
     mesh, graphdef, state, step = _setup(plan)
-    batch = make_batch(plan, real_tokens=[1, 16, 4, 9])
+    return plan, mesh, graphdef, step, lambda: jax.tree_util.tree_map(lambda x: x.copy(), state)
+
+
+def test_loss_is_the_mean_over_real_tokens(accumulating):
+    plan, mesh, graphdef, step, fresh = accumulating
+    state = fresh()
+    batch = make_batch(plan, real_tokens=[1, 8, 4, 7])
     sums = _host(make_eval_step(plan, mesh, graphdef)(state.params, batch))
     _, m = step(state, batch)
-    assert sums["weight_sum"] == 30 == float(m["weight_sum"])
+    assert sums["weight_sum"] == 20 == float(m["weight_sum"])
     np.testing.assert_allclose(float(m["loss"]), sums["loss_sum"] / sums["weight_sum"], rtol=1e-6)
 
 
@@ -68,22 +76,32 @@ def test_bf16_policy_keeps_f32_master_params_and_computes_in_bf16():
     plan = make_plan("gpt", precision="bfloat16")
     _, _, state, step = _setup(plan)
     batch = make_batch(plan)
-    hlo = step.lower(state, batch).as_text()
-    assert "bf16" in hlo  # the model's matmuls run in bfloat16
+    lowered = step.lower(state, batch)
+    assert "bf16" in lowered.as_text()  # the model's matmuls run in bfloat16
     before = _host(state.params)
-    state, m = step(state, batch)
+    state, m = lowered.compile()(state, batch)
     assert {x.dtype for x in jax.tree_util.tree_leaves(state.params)} == {jnp.dtype("float32")}
     assert m["loss"].dtype == jnp.float32 and np.isfinite(float(m["loss"]))
     assert any(np.any(a != b) for a, b in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(_host(state.params))))
 
 
-def _with_scale(plan, value):
-    return dataclasses.replace(plan, precision=dataclasses.replace(plan.precision, loss_scale_value=value))
-
-
-def test_fp16_overflow_skips_the_step_and_halves_the_scale():
-    plan = _with_scale(make_plan("gpt", precision="float16"), 2.0**40)  # 2^40 × gradients overflow float16
+@pytest.fixture(scope="module")
+def fp16():
+    plan = make_plan("gpt", precision="float16")
     _, _, state, step = _setup(plan)
+    return plan, state, step
+
+
+def _scaled(state, value):
+    """A copy of `state` with the loss scale set to `value` (the step reads the scale from the state)."""
+    fresh = jax.tree_util.tree_map(lambda x: x.copy(), state)
+    scale = jax.device_put(jnp.float32(value), state.loss_scale.scale.sharding)
+    return dataclasses.replace(fresh, loss_scale=LossScale(scale, fresh.loss_scale.good_steps))
+
+
+def test_fp16_overflow_skips_the_step_and_halves_the_scale(fp16):
+    plan, state0, step = fp16
+    state = _scaled(state0, 2.0**40)  # 2^40 × gradients overflow float16
     before = _host(state.params)
     state, m = step(state, make_batch(plan))
     assert not np.isfinite(float(m["grad_norm"])) and np.isfinite(float(m["loss"]))
@@ -94,9 +112,9 @@ def test_fp16_overflow_skips_the_step_and_halves_the_scale():
     assert int(state.step) == 1
 
 
-def test_fp16_finite_step_updates_and_counts():
-    plan = _with_scale(make_plan("gpt", precision="float16"), 2.0**8)
-    _, _, state, step = _setup(plan)
+def test_fp16_finite_step_updates_and_counts(fp16):
+    plan, state0, step = fp16
+    state = _scaled(state0, 2.0**8)
     before = _host(state.params)
     state, m = step(state, make_batch(plan))
     assert np.isfinite(float(m["grad_norm"]))
@@ -115,10 +133,9 @@ def test_dynamic_scale_grows_after_a_run_of_finite_steps():
     assert (float(ls.scale), int(ls.good_steps)) == (4.0, 0)
 
 
-def test_nan_batch_leaves_the_state_unchanged():
-    plan = make_plan("gpt", micro_batch=2, accumulation=2)
-    _, _, state, step = _setup(plan)
-    state, _ = step(state, make_batch(plan, seed=1))  # a real step first: optimizer moments non-zero
+def test_nan_batch_leaves_the_state_unchanged(accumulating):
+    plan, _, _, step, fresh = accumulating
+    state, _ = step(fresh(), make_batch(plan, seed=1))  # a real step first: optimizer moments non-zero
     before_p, before_o = _host(state.params), _host(state.opt_state)
     bad = make_batch(plan, seed=2)
     bad["mask"][1, 3] = np.nan
@@ -133,12 +150,11 @@ def test_nan_batch_leaves_the_state_unchanged():
 def test_a_step_is_a_pure_function_of_state_and_batch():
     """Dropout on: the same (state, batch) gives bitwise the same result; the RNG comes from (seed, step)."""
     plan = make_plan("gpt", dropout=0.5, micro_batch=2, accumulation=2)
-    mesh, graphdef, _, step = _setup(plan)
+    _, _, state0, step = _setup(plan)
     batch = make_batch(plan)
     outs = []
     for _ in range(2):
-        _, state = init_state(plan, mesh)
-        state, m = step(state, batch)
+        state, m = step(jax.tree_util.tree_map(lambda x: x.copy(), state0), batch)
         outs.append((_host(state.params), float(m["loss"])))
     assert outs[0][1] == outs[1][1]
     for a, b in zip(jax.tree_util.tree_leaves(outs[0][0]), jax.tree_util.tree_leaves(outs[1][0])):

@@ -48,10 +48,11 @@ def test_losses_agree_across_meshes(runs):
 
 
 def test_params_agree_across_meshes(runs):
+    """Looser than the losses: Adam divides by √v, so near-zero gradients amplify reduction-order noise."""
     reference = jax.tree_util.tree_leaves(runs[0][1].params)
     for (_, state, _), mesh in zip(runs[1:], MESHES[1:]):
         for a, b in zip(reference, jax.tree_util.tree_leaves(state.params)):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5, err_msg=str(mesh))
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-4, err_msg=str(mesh))
 
 
 def test_params_and_optimizer_state_are_sharded_as_planned(runs):
