@@ -135,7 +135,17 @@ def _best(plan: Plan, history: list[Record], metric: str, mode: str):
 
 def run(plan: Plan, run_dir: str | Path | None = None, *, max_steps: int | None = None,
         stdout_is_tty: bool | None = None) -> Summary:
-    """Train as `plan` says, in `run_dir` (default `plan.run_dir`), resuming from its checkpoints."""
+    """Train as `plan` says, in `run_dir` (default `plan.run_dir`), resuming from its checkpoints.
+
+    SIGTERM/SIGINT are caught from the start (a signal during start-up or compilation ends the run
+    after its first step, checkpointed), and the previous handlers are put back at the end.
+    """
+    signals = Signals()
+    with signals.installed():
+        return _run(plan, run_dir, max_steps=max_steps, stdout_is_tty=stdout_is_tty, signals=signals)
+
+
+def _run(plan: Plan, run_dir, *, max_steps: int | None, stdout_is_tty: bool | None, signals: Signals) -> Summary:
     from capidsl.data import eval_batches, train_loader
 
     wall_start = time.perf_counter()
@@ -240,58 +250,56 @@ def run(plan: Plan, run_dir: str | Path | None = None, *, max_steps: int | None 
 
     segment_start = time.perf_counter()
     progress.start(step)
-    signals = Signals()
     try:
-        with signals.installed():
-            # A resumed run whose history already meets the (possibly new) stop rule does not step again.
-            if history and decide():
-                pass
-            while stop_reason is None and step < end_step:
-                t0 = time.perf_counter()
-                local = next(loader)
-                wait = time.perf_counter() - t0
-                state, last_metrics = train_step(state, _to_device(plan, mesh, local))
-                step += 1
-                window.add(last_metrics["loss"], wait)
-                ckpts.poll()
-                now = lambda: train_time + (time.perf_counter() - segment_start)  # noqa: E731
+        # A resumed run whose history already meets the (possibly new) stop rule does not step again.
+        if history and decide():
+            pass
+        while stop_reason is None and step < end_step:
+            t0 = time.perf_counter()
+            local = next(loader)
+            wait = time.perf_counter() - t0
+            state, last_metrics = train_step(state, _to_device(plan, mesh, local))
+            step += 1
+            window.add(last_metrics["loss"], wait)
+            ckpts.poll()
+            now = lambda: train_time + (time.perf_counter() - segment_start)  # noqa: E731
 
-                stop = False
-                if _every(cad.log_every, step):
-                    elapsed = time.perf_counter() - window.started
-                    row = {
-                        "step": step, "epoch": step / max(1, cad.steps_per_epoch), "loss": window.mean_loss(),
-                        "lr": float(last_metrics["lr"]), "grad_norm": float(last_metrics["grad_norm"]),
-                        "tokens_per_s": window.count * plan.batch.tokens_per_step / max(elapsed, 1e-9),
-                        "step_time_s": elapsed / window.count, "data_wait_s": window.wait_s / window.count,
-                        "device_peak_bytes": device_peak_bytes(), "host_peak_rss_bytes": host_peak_rss_bytes(),
-                    }
-                    if "loss_scale" in last_metrics:
-                        row["loss_scale"] = float(last_metrics["loss_scale"])
-                    writer.log(row)
-                    progress.update(row)
-                    last_row = row
-                    history.append(Record(step, now(), "log", {k: row[k] for k in ("loss", "lr", "grad_norm")}))
-                    window = Window()
-                    stop = decide()
-                eval_metrics = None
-                if not stop and eval_step is not None and (_every(cad.eval_every, step) or step == cad.total_steps):
-                    t_eval = time.perf_counter()
-                    eval_metrics = evaluate(state.params)
-                    last_eval = {"step": step, "epoch": step / max(1, cad.steps_per_epoch), **eval_metrics,
-                                 "eval_time_s": time.perf_counter() - t_eval}
-                    writer.log(last_eval, kind="eval")
-                    progress.eval(last_eval)
-                    history.append(Record(step, now(), "eval", eval_metrics))
-                    stop = decide()
-                if signals.received and not stop:
-                    stop_reason = f"stopped by {signals.received} at step {step}; resumable: run the same command again to continue"
-                if eval_metrics is not None and best_metric and best_metric in eval_metrics:
-                    best = _best(plan, history, best_metric, best_mode)
-                    if best is not None and best.step == step:  # a new best: keep these weights
-                        save(eval_metrics)
-                if _every(cad.checkpoint_every, step) or stop_reason is not None or step == end_step:
+            stop = False
+            if _every(cad.log_every, step):
+                elapsed = time.perf_counter() - window.started
+                row = {
+                    "step": step, "epoch": step / max(1, cad.steps_per_epoch), "loss": window.mean_loss(),
+                    "lr": float(last_metrics["lr"]), "grad_norm": float(last_metrics["grad_norm"]),
+                    "tokens_per_s": window.count * plan.batch.tokens_per_step / max(elapsed, 1e-9),
+                    "step_time_s": elapsed / window.count, "data_wait_s": window.wait_s / window.count,
+                    "device_peak_bytes": device_peak_bytes(), "host_peak_rss_bytes": host_peak_rss_bytes(),
+                }
+                if "loss_scale" in last_metrics:
+                    row["loss_scale"] = float(last_metrics["loss_scale"])
+                writer.log(row)
+                progress.update(row)
+                last_row = row
+                history.append(Record(step, now(), "log", {k: row[k] for k in ("loss", "lr", "grad_norm")}))
+                window = Window()
+                stop = decide()
+            eval_metrics = None
+            if not stop and eval_step is not None and (_every(cad.eval_every, step) or step == cad.total_steps):
+                t_eval = time.perf_counter()
+                eval_metrics = evaluate(state.params)
+                last_eval = {"step": step, "epoch": step / max(1, cad.steps_per_epoch), **eval_metrics,
+                             "eval_time_s": time.perf_counter() - t_eval}
+                writer.log(last_eval, kind="eval")
+                progress.eval(last_eval)
+                history.append(Record(step, now(), "eval", eval_metrics))
+                stop = decide()
+            if signals.received and not stop:
+                stop_reason = f"stopped by {signals.received} at step {step}; resumable: run the same command again to continue"
+            if eval_metrics is not None and best_metric and best_metric in eval_metrics:
+                best = _best(plan, history, best_metric, best_mode)
+                if best is not None and best.step == step:  # a new best: keep these weights
                     save(eval_metrics)
+            if _every(cad.checkpoint_every, step) or stop_reason is not None or step == end_step:
+                save(eval_metrics)
         if stop_reason is None:
             stop_reason = "completed" if step >= plan.cadence.total_steps else f"--steps {end_step} reached; resumable: run again with more --steps to continue"
         if saved_at != step and not stopped_by_rule and step > 0:

@@ -141,3 +141,26 @@ def test_restore_best_ends_with_the_best_eval_weights(tmp_path, monkeypatch):
     best = min(evals, key=lambda x: x["val_loss"])
     assert s.best["step"] == best["step"] and s.params_step == best["step"]
     assert best["step"] in s.checkpoint_steps
+
+
+def test_a_failed_async_save_stops_the_run_with_an_error_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
+    import errno
+
+    from orbax.checkpoint._src.handlers import json_checkpoint_handler as jh
+
+    plan = _plan(total=12, ckpt=4, evals=None)
+    fake_data.install(monkeypatch, plan)
+    original = jh.JsonCheckpointHandler._save_fn
+
+    async def full_from_step_8(self, x, directory):
+        if int(x["step"]) >= 8:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        await original(self, x, directory)
+
+    monkeypatch.setattr(jh.JsonCheckpointHandler, "_save_fn", full_from_step_8)
+    with pytest.raises(RunError, match=r"checkpoint of step 8 failed.*No space left") as info:
+        run(plan, tmp_path)
+    assert "earlier checkpoints are intact (steps 4)" in info.value.render()
+    monkeypatch.setattr(jh.JsonCheckpointHandler, "_save_fn", original)
+    resumed = run(plan, tmp_path)  # and the run goes on from step 4
+    assert resumed.resumed_from == 4 and resumed.steps == 12
