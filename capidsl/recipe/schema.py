@@ -1,0 +1,221 @@
+"""The recipe JSON Schema (schemas/recipe.schema.json): validation, plain-words messages, defaults.
+
+jsonschema finds the problems; this module words each one for a person (unknown keys with a
+"did you mean", enum values listed, types named) and places it at the key or value it is about.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+from typing import Any, Iterator
+
+import jsonschema
+from jsonschema import Draft202012Validator
+
+from capidsl.recipe.errors import Problem
+from capidsl.recipe.yaml12 import Document, join_path
+from capidsl.resources import resource_path
+
+SCHEMA_FILE = "recipe.schema.json"
+BUILTIN_FAMILIES = ("gpt", "mlp")
+
+
+@functools.lru_cache(maxsize=1)
+def schema() -> dict:
+    """The recipe schema as data (read once per process)."""
+    return json.loads(resource_path("schemas", SCHEMA_FILE).read_text(encoding="utf-8"))
+
+
+def _is_integer(checker, instance) -> bool:  # 32.0 is not an integer in a recipe; True is not either
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+@functools.lru_cache(maxsize=1)
+def validator() -> Draft202012Validator:
+    types = Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer)
+    cls = jsonschema.validators.extend(Draft202012Validator, type_checker=types)
+    return cls(schema())
+
+
+def check(doc: Document) -> list[Problem]:
+    """Every schema problem in the merged document, worded and located."""
+    problems: list[Problem] = []
+    for err in validator().iter_errors(doc.data):
+        problems.extend(_explain(err, doc))
+    return _dedupe(problems)
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    seen, out = set(), []
+    for p in problems:
+        key = (p.location, p.path, p.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def locate(doc: Document, path: tuple, key: bool = False):
+    """The Location of `path` in `doc` (the key for key=True, else the value); the nearest
+    written ancestor when the path itself is not in the file."""
+    while True:
+        pos = doc.positions.get(path)
+        if pos is not None:
+            return (pos.key or pos.value) if key else pos.value
+        if not path:
+            return None
+        path = path[:-1]
+        key = True
+
+
+def _explain(err: jsonschema.ValidationError, doc: Document) -> Iterator[Problem]:
+    path = tuple(err.absolute_path)
+    kind = err.validator
+    value = err.instance
+    here = join_path(path)
+    if kind == "additionalProperties":
+        allowed = list(err.schema.get("properties", {}))
+        for key in value:
+            if key not in allowed:
+                yield Problem(locate(doc, path + (key,), key=True), join_path(path + (key,)),
+                              f"unknown key {key!r}", _did_you_mean(key, allowed, path))
+    elif kind is None and err.validator_value is None and err.schema is False:
+        key = err.relative_schema_path[-1] if err.relative_schema_path else None
+        family = doc.data.get("model", {}).get("family", "gpt") if isinstance(doc.data, dict) else "gpt"
+        if path == ("model",) and isinstance(key, str):
+            if family in BUILTIN_FAMILIES:
+                msg = f"{key!r} is not an option of model family {family!r}"
+                hint = "options of other families go in model.options" if key == "options" else None
+            else:
+                msg = f"{key!r} is an option of the built-in families; put the options of {family!r} under model.options"
+                hint = None
+            yield Problem(locate(doc, path + (key,), key=True), join_path(path + (key,)), msg, hint)
+        else:
+            yield Problem(locate(doc, path, key=True), here, "is not allowed here")
+    elif kind == "required":
+        for key in err.validator_value:
+            if isinstance(value, dict) and key not in value:
+                where = f" for model family {value.get('family', 'gpt')!r}" if path == ("model",) else ""
+                yield Problem(locate(doc, path, key=True), join_path(path + (key,)),
+                              f"missing required key {key!r}{where}")
+    elif kind == "type":
+        yield Problem(locate(doc, path), here, f"expected {_type_words(err.validator_value)}, got {_describe(value)}")
+    elif kind in ("enum", "const"):
+        allowed = err.validator_value if kind == "enum" else [err.validator_value]
+        hint = None
+        if isinstance(value, str):
+            close = difflib.get_close_matches(value, [a for a in allowed if isinstance(a, str)], n=1)
+            hint = f"did you mean {close[0]!r}?" if close else None
+        yield Problem(locate(doc, path), here,
+                      f"{_show(value)} is not one of: {', '.join(_show(a) for a in allowed)}", hint)
+    elif kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        words = {"minimum": "at least", "maximum": "at most", "exclusiveMinimum": "greater than",
+                 "exclusiveMaximum": "less than"}[kind]
+        yield Problem(locate(doc, path), here, f"must be {words} {_show(err.validator_value)}, got {_show(value)}")
+    elif kind == "not":
+        yield Problem(locate(doc, path), here, f"{_show(value)} is not allowed here",
+                      "use -1 for the rest of the devices" if path[:1] == ("mesh",) else None)
+    elif kind == "anyOf":
+        options = " or ".join(_branch_words(b) for b in err.validator_value)
+        yield Problem(locate(doc, path), here, f"expected {options}, got {_describe(value)}")
+    elif kind == "pattern":
+        if err.relative_schema_path and "propertyNames" in err.relative_schema_path:
+            yield Problem(locate(doc, path + (value,), key=True), join_path(path + (value,)),
+                          f"{value!r} is not a valid name (letters, digits and _, not starting with a digit)")
+        else:
+            yield Problem(locate(doc, path), here, f"{_show(value)} is not a valid name (letters, digits, _ . -)")
+    else:
+        yield Problem(locate(doc, path), here, err.message)
+
+
+def _did_you_mean(key: str, allowed: list[str], path: tuple) -> str | None:
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    if not path:  # a section key written at the top level?
+        for section, sub in schema()["properties"].items():
+            if key in sub.get("properties", {}) if isinstance(sub, dict) else False:
+                return f"did you mean {section}.{key}?"
+    elif path == ("model",):
+        return "options of other families go under model.options"
+    return f"allowed: {', '.join(allowed)}"
+
+
+_TYPE_WORDS = {"integer": "an integer", "number": "a number", "string": "a string", "boolean": "true or false",
+               "null": "null", "object": "a mapping", "array": "a list"}
+
+
+def _type_words(types) -> str:
+    types = [types] if isinstance(types, str) else list(types)
+    return " or ".join(_TYPE_WORDS.get(t, t) for t in types)
+
+
+def _branch_words(branch: dict) -> str:
+    if "const" in branch:
+        return _show(branch["const"])
+    if "enum" in branch:
+        return "one of " + ", ".join(_show(a) for a in branch["enum"])
+    words = _type_words(branch.get("type", "value"))
+    if "minimum" in branch:
+        words += f" >= {branch['minimum']}"
+    if branch.get("type") == "array" and "items" in branch:
+        words += " of " + _branch_words(branch["items"]).removeprefix("one of ")
+    return words
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 40 else repr(value[:37] + "...")
+    if isinstance(value, (list, dict)):
+        return "a list" if isinstance(value, list) else "a mapping"
+    return repr(value)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"the boolean {_show(value)}"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return f"the string {_show(value)}"
+    if isinstance(value, int):
+        return f"the integer {value}"
+    if isinstance(value, float):
+        return f"the number {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def with_defaults(data: dict) -> dict:
+    """The document with every absent section and key set to its schema default.
+
+    Model options are left as written (the model family's `normalize` owns their defaults,
+    only `family` defaults to "gpt"); `precision` stays absent unless written, so desugaring
+    can tell it from training.mixed_precision.
+    """
+    props = schema()["properties"]
+    out = dict(data)
+    for name, sub in props.items():
+        if name in ("model", "precision", "extends"):
+            continue
+        if sub.get("type") == "object" or (isinstance(sub.get("type"), list) and "object" in sub["type"]):
+            section = dict(out.get(name) or {})
+            for key, spec in sub.get("properties", {}).items():
+                if key not in section and "default" in spec:
+                    section[key] = spec["default"]
+            out[name] = section
+        elif name not in out and "default" in sub:
+            out[name] = sub["default"]
+    model = dict(out.get("model") or {})
+    model.setdefault("family", props["model"]["properties"]["family"]["default"])
+    out["model"] = model
+    return out
