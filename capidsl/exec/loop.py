@@ -105,6 +105,53 @@ def _to_device(plan: Plan, mesh, local: dict[str, np.ndarray]) -> dict[str, jax.
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
 
 
+class Evaluator:
+    """Validation metrics of some parameters over the plan's fixed eval batches (kept on the devices)."""
+
+    def __init__(self, plan: Plan, mesh, graphdef):
+        self.plan, self.mesh = plan, mesh
+        self.step = make_eval_step(plan, mesh, graphdef)
+        self.batches: list[dict[str, jax.Array]] | None = None
+
+    def __call__(self, params) -> dict[str, float]:
+        plan = self.plan
+        if self.batches is None:
+            from capidsl.data import eval_batches
+
+            local = eval_batches(plan.data, global_batch=plan.batch.global_batch, process_index=jax.process_index(),
+                                 process_count=jax.process_count(), max_batches=plan.cadence.eval_batches)
+            self.batches = [_to_device(plan, self.mesh, b) for b in local]
+        if not self.batches:
+            raise RunError("the validation split is empty", subject="eval", hint="raise data.validation_fraction")
+        totals = None
+        for b in self.batches:
+            sums = self.step(params, b)
+            totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
+        t = {k: float(v) for k, v in totals.items()}
+        w = max(t["weight_sum"], 1e-9)
+        out = {"val_loss": t["loss_sum"] / w}
+        if plan.data.kind == "lm":
+            out["val_perplexity"] = math.exp(min(out["val_loss"], 700.0))
+        else:
+            out["val_accuracy"] = t["correct_sum"] / w
+        return out
+
+
+def train_row(plan: Plan, step: int, window: Window, metrics: dict[str, jax.Array]) -> dict[str, Any]:
+    """One line of metrics.jsonl for a log step (this fetches the step's metrics from the device)."""
+    elapsed = time.perf_counter() - window.started
+    row = {
+        "step": step, "epoch": step / max(1, plan.cadence.steps_per_epoch), "loss": window.mean_loss(),
+        "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
+        "tokens_per_s": window.count * plan.batch.tokens_per_step / max(elapsed, 1e-9),
+        "step_time_s": elapsed / window.count, "data_wait_s": window.wait_s / window.count,
+        "device_peak_bytes": device_peak_bytes(), "host_peak_rss_bytes": host_peak_rss_bytes(),
+    }
+    if "loss_scale" in metrics:
+        row["loss_scale"] = float(metrics["loss_scale"])
+    return row
+
+
 def _every(n: int | None, step: int) -> bool:
     return bool(n) and step % n == 0
 
@@ -146,7 +193,7 @@ def run(plan: Plan, run_dir: str | Path | None = None, *, max_steps: int | None 
 
 
 def _run(plan: Plan, run_dir, *, max_steps: int | None, stdout_is_tty: bool | None, signals: Signals) -> Summary:
-    from capidsl.data import eval_batches, train_loader
+    from capidsl.data import train_loader
 
     wall_start = time.perf_counter()
     run_dir = Path(run_dir if run_dir is not None else plan.run_dir)
@@ -161,16 +208,15 @@ def _run(plan: Plan, run_dir, *, max_steps: int | None, stdout_is_tty: bool | No
                         best_n=1 if best_metric else 0)
     writer = MetricsWriter(run_dir, tensorboard=plan.logging.tensorboard)
     progress = Progress(plan.logging.progress, total_steps=end_step, stdout_is_tty=stdout_is_tty)
-    pid, pcount = jax.process_index(), jax.process_count()
-    loader = train_loader(plan.data, global_batch=plan.batch.global_batch, process_index=pid, process_count=pcount)
+    loader = train_loader(plan.data, global_batch=plan.batch.global_batch, process_index=jax.process_index(),
+                          process_count=jax.process_count())
 
     # -- init or resume --
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CheckpointWarning)
         restored = ckpts.restore_latest(abstract, check_meta=lambda meta: notes.extend(check_resume(plan, meta)))
-    for w in caught:
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)  # re-raise for callers and the CLI
-        progress.note(f"warning: {w.message}")
+    for w in caught:  # shown again, for callers and the CLI, after orbax's own logging
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if restored is None:
         _, state = init_state(plan, mesh)
         step, history, train_time, window = 0, [], 0.0, Window()
@@ -188,29 +234,7 @@ def _run(plan: Plan, run_dir, *, max_steps: int | None, stdout_is_tty: bool | No
     writer.truncate_after(step)
 
     train_step = make_train_step(plan, mesh, graphdef)
-    eval_step = make_eval_step(plan, mesh, graphdef) if cad.eval_every else None
-    eval_data: list[dict[str, jax.Array]] | None = None
-
-    def evaluate(params) -> dict[str, float]:
-        nonlocal eval_data
-        if eval_data is None:  # the same batches every time, kept on the devices
-            local = eval_batches(plan.data, global_batch=plan.batch.global_batch, process_index=pid,
-                                 process_count=pcount, max_batches=cad.eval_batches)
-            eval_data = [_to_device(plan, mesh, b) for b in local]
-        totals = None
-        for b in eval_data:
-            sums = eval_step(params, b)
-            totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
-        if totals is None:
-            raise RunError("the validation split is empty", subject="eval", hint="raise data.validation_fraction")
-        t = {k: float(v) for k, v in totals.items()}
-        w = max(t["weight_sum"], 1e-9)
-        out = {"val_loss": t["loss_sum"] / w}
-        if plan.data.kind == "lm":
-            out["val_perplexity"] = math.exp(min(out["val_loss"], 700.0))
-        else:
-            out["val_accuracy"] = t["correct_sum"] / w
-        return out
+    evaluator = Evaluator(plan, mesh, graphdef) if cad.eval_every else None
 
     last_row: dict[str, Any] = {}
     last_eval: dict[str, Any] = {}
@@ -234,7 +258,6 @@ def _run(plan: Plan, run_dir, *, max_steps: int | None, stdout_is_tty: bool | No
         if not math.isfinite(loss):
             message = f"no checkpoint at step {step}: its loss is not finite ({loss})"
             warnings.warn(message, CheckpointWarning, stacklevel=2)
-            progress.note(f"warning: {message}")
             return
         ckpts.save(step, state, loop_meta(), metrics=metrics)
         saved_at = step
@@ -266,16 +289,7 @@ def _run(plan: Plan, run_dir, *, max_steps: int | None, stdout_is_tty: bool | No
 
             stop = False
             if _every(cad.log_every, step):
-                elapsed = time.perf_counter() - window.started
-                row = {
-                    "step": step, "epoch": step / max(1, cad.steps_per_epoch), "loss": window.mean_loss(),
-                    "lr": float(last_metrics["lr"]), "grad_norm": float(last_metrics["grad_norm"]),
-                    "tokens_per_s": window.count * plan.batch.tokens_per_step / max(elapsed, 1e-9),
-                    "step_time_s": elapsed / window.count, "data_wait_s": window.wait_s / window.count,
-                    "device_peak_bytes": device_peak_bytes(), "host_peak_rss_bytes": host_peak_rss_bytes(),
-                }
-                if "loss_scale" in last_metrics:
-                    row["loss_scale"] = float(last_metrics["loss_scale"])
+                row = train_row(plan, step, window, last_metrics)
                 writer.log(row)
                 progress.update(row)
                 last_row = row
@@ -283,9 +297,9 @@ def _run(plan: Plan, run_dir, *, max_steps: int | None, stdout_is_tty: bool | No
                 window = Window()
                 stop = decide()
             eval_metrics = None
-            if not stop and eval_step is not None and (_every(cad.eval_every, step) or step == cad.total_steps):
+            if not stop and evaluator is not None and (_every(cad.eval_every, step) or step == cad.total_steps):
                 t_eval = time.perf_counter()
-                eval_metrics = evaluate(state.params)
+                eval_metrics = evaluator(state.params)
                 last_eval = {"step": step, "epoch": step / max(1, cad.steps_per_epoch), **eval_metrics,
                              "eval_time_s": time.perf_counter() - t_eval}
                 writer.log(last_eval, kind="eval")
