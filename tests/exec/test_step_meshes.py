@@ -27,12 +27,17 @@ def _train(mesh):
     plan = _plan(mesh)
     m = build_mesh(plan, jax.devices()[: plan.mesh.device_count])
     graphdef, state = init_state(plan, m)
+    created = {_name(k): x.sharding.spec for k, x in jax.tree_util.tree_leaves_with_path(state.params)}
     step = make_train_step(plan, m, graphdef)
     losses = []
     for i in range(STEPS):
         state, metrics = step(state, make_batch(plan, seed=i))
         losses.append(metrics["loss"])
-    return plan, state, np.array([float(x) for x in losses])
+    return plan, state, np.array([float(x) for x in losses]), created
+
+
+def _name(keypath):
+    return ".".join(str(k.key) for k in keypath if isinstance(k, jax.tree_util.DictKey))
 
 
 @pytest.fixture(scope="module")
@@ -43,29 +48,29 @@ def runs():
 def test_losses_agree_across_meshes(runs):
     reference = runs[0][2]
     assert reference[-1] < reference[0]  # it trains
-    for (plan, _, losses), mesh in zip(runs[1:], MESHES[1:]):
+    for (plan, _, losses, _), mesh in zip(runs[1:], MESHES[1:]):
         np.testing.assert_allclose(losses, reference, rtol=1e-5, err_msg=str(mesh))
 
 
 def test_params_agree_across_meshes(runs):
     """Looser than the losses: Adam divides by √v, so near-zero gradients amplify reduction-order noise."""
     reference = jax.tree_util.tree_leaves(runs[0][1].params)
-    for (_, state, _), mesh in zip(runs[1:], MESHES[1:]):
+    for (_, state, _, _), mesh in zip(runs[1:], MESHES[1:]):
         for a, b in zip(reference, jax.tree_util.tree_leaves(state.params)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-4, err_msg=str(mesh))
 
 
 def test_params_and_optimizer_state_are_sharded_as_planned(runs):
-    for plan, state, _ in runs:
+    for plan, state, _, created in runs:
         specs = {p.path: to_partition_spec(p.spec) for p in plan.sharding.params}
+        assert created == specs, plan.mesh  # born sharded, not sharded after the fact
         leaves = jax.tree_util.tree_leaves_with_path(state.params)
         assert len(leaves) == len(specs)
         for path, x in leaves:
-            name = ".".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
-            assert x.sharding.spec == specs[name], (plan.mesh, name)
+            assert x.sharding.spec == specs[_name(path)], (plan.mesh, _name(path))
         # adam's moments live exactly where their parameters do
         for path, x in jax.tree_util.tree_leaves_with_path(state.opt_state):
-            name = ".".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+            name = _name(path)
             if name in specs:
                 assert x.sharding.spec == specs[name], (plan.mesh, name)
     split = [p for p in runs[2][0].sharding.params if any(p.spec)]
@@ -73,7 +78,7 @@ def test_params_and_optimizer_state_are_sharded_as_planned(runs):
 
 
 def test_abstract_state_matches_the_real_one(runs):
-    plan, state, _ = runs[2]
+    plan, state, _, _ = runs[2]
     m = build_mesh(plan, jax.devices()[: plan.mesh.device_count])
     _, abstract = abstract_state(plan, m)
     real, ab = jax.tree_util.tree_leaves(state), jax.tree_util.tree_leaves(abstract)
