@@ -33,6 +33,7 @@ import math
 import os
 import shutil
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -171,6 +172,9 @@ class Checkpoints:
         _single_process_array_writes()
         self._mgr = ocp.CheckpointManager(self.directory, options=options)
         self._pending: int | None = None  # a step whose async save has not been confirmed yet
+        # Manifests are hashed off the training thread: reading a large checkpoint back takes seconds.
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="capidsl-manifest")
+        self._manifests: list[Future] = []
 
     # ---- listing ---------------------------------------------------------------------------
 
@@ -214,26 +218,35 @@ class Checkpoints:
         except Exception as err:  # noqa: BLE001
             raise self._save_error(step, err) from err
         if jax.process_index() == 0:
-            self._write_manifest(step)
+            self._manifests = [f for f in self._manifests if not f.done()]
+            self._manifests.append(self._hasher.submit(self._write_manifest, step))
 
     def wait(self) -> None:
-        """Block until every save has finished and been confirmed."""
+        """Block until every save has finished and been confirmed, and its manifest written."""
         self.poll(block=True)
+        for f in self._manifests:
+            f.result()
+        self._manifests = []
 
     def close(self) -> None:
         try:
             self.wait()
         finally:
+            self._hasher.shutdown(wait=True)
             self._mgr.close()
 
     def _write_manifest(self, step: int) -> None:
+        """sha256 of the committed step's files, written atomically beside them (never raises:
+        a step without a manifest is still restorable, only less strictly checked)."""
         step_dir = self.step_dir(step)
-        if not step_dir.is_dir():  # already removed by keep-N (a later save overtook it)
-            return
-        body = json.dumps({"step": step, "files": file_digests(step_dir)}, indent=1, sort_keys=True)
-        tmp = step_dir / (MANIFEST + ".tmp")
-        tmp.write_text(body)
-        os.replace(tmp, step_dir / MANIFEST)
+        try:
+            body = json.dumps({"step": step, "files": file_digests(step_dir)}, indent=1, sort_keys=True)
+            tmp = step_dir / (MANIFEST + ".tmp")
+            tmp.write_text(body)
+            os.replace(tmp, step_dir / MANIFEST)
+        except OSError as err:
+            if step_dir.is_dir():  # not just removed by keep-N while we were reading it
+                warnings.warn(f"no manifest for checkpoint {step_dir}: {err}", CheckpointWarning, stacklevel=1)
 
     def _save_error(self, step: int, err: BaseException) -> RunError:
         kept = [s for s in self._safe_steps() if s != step]
