@@ -81,25 +81,30 @@ def _explain(err: jsonschema.ValidationError, doc: Document) -> Iterator[Problem
             if key not in allowed:
                 yield Problem(locate(doc, path + (key,), key=True), join_path(path + (key,)),
                               f"unknown key {key!r}", _did_you_mean(key, allowed, path))
-    elif kind is None and err.validator_value is None and err.schema is False:
-        key = err.relative_schema_path[-1] if err.relative_schema_path else None
-        family = doc.data.get("model", {}).get("family", "gpt") if isinstance(doc.data, dict) else "gpt"
-        if path == ("model",) and isinstance(key, str):
-            if family in BUILTIN_FAMILIES:
+    elif kind is None and err.schema is False:
+        # jsonschema leaves the property out of a false-schema error's path: find the keys that
+        # the enclosing `properties` forbids in the mapping at `path` instead.
+        node: Any = schema()
+        for part in list(err.absolute_schema_path):
+            node = node[part]
+        mapping = _get(doc.data, path)
+        keys = [k for k in mapping if node.get(k) is False] if isinstance(node, dict) and isinstance(mapping, dict) else []
+        family = mapping.get("family", "gpt") if isinstance(mapping, dict) else "gpt"
+        for key in keys:
+            if path == ("model",) and family in BUILTIN_FAMILIES:
                 msg = f"{key!r} is not an option of model family {family!r}"
                 hint = "options of other families go in model.options" if key == "options" else None
-            else:
+            elif path == ("model",):
                 msg = f"{key!r} is an option of the built-in families; put the options of {family!r} under model.options"
                 hint = None
+            else:
+                msg, hint = "is not allowed here", None
             yield Problem(locate(doc, path + (key,), key=True), join_path(path + (key,)), msg, hint)
-        else:
-            yield Problem(locate(doc, path, key=True), here, "is not allowed here")
     elif kind == "required":
         for key in err.validator_value:
             if isinstance(value, dict) and key not in value:
-                where = f" for model family {value.get('family', 'gpt')!r}" if path == ("model",) else ""
-                yield Problem(locate(doc, path, key=True), join_path(path + (key,)),
-                              f"missing required key {key!r}{where}")
+                why = f" (model family {value.get('family', 'gpt')!r} needs it)" if path == ("model",) else ""
+                yield Problem(locate(doc, path, key=True), join_path(path + (key,)), f"required key is missing{why}")
     elif kind == "type":
         yield Problem(locate(doc, path), here, f"expected {_type_words(err.validator_value)}, got {_describe(value)}")
     elif kind in ("enum", "const"):
@@ -128,6 +133,15 @@ def _explain(err: jsonschema.ValidationError, doc: Document) -> Iterator[Problem
             yield Problem(locate(doc, path), here, f"{_show(value)} is not a valid name (letters, digits, _ . -)")
     else:
         yield Problem(locate(doc, path), here, err.message)
+
+
+def _get(data: Any, path: tuple) -> Any:
+    for part in path:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
 
 
 def _did_you_mean(key: str, allowed: list[str], path: tuple) -> str | None:

@@ -199,6 +199,8 @@ def _yaml_problem(err: yaml.MarkedYAMLError, file: str) -> Problem:
             message += f" at line {err.context_mark.line + 1}"
         message += ")"
     location = _loc(file, mark) if mark is not None else Location(file, 1, 1)
+    if err.problem and err.problem.startswith("but found another document"):
+        return Problem(location, "", "a recipe is one YAML document; remove this second one (and its ---)")
     return Problem(location, "", f"invalid YAML: {message}")
 
 
@@ -230,7 +232,7 @@ class _Builder:
             raise _Refused(here, "a recursive alias (a value that contains itself) is refused")
         self.positions[path] = Position(here, key)
         if node.tag not in (_MAP, _SEQ):
-            self._problem(here, path, f"the tag {_tag(node.tag)} is not allowed in a recipe")
+            self._problem(here, _join(path), f"the tag {_tag(node.tag)} is not allowed in a recipe")
         self._open.add(id(node))
         try:
             if isinstance(node, SequenceNode):
