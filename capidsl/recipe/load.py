@@ -124,13 +124,14 @@ def apply_overrides(doc: Document, overrides: Iterable[str]) -> Document:
         path = tuple(key.split("."))
         file = f"<--set {arg}>"
         shift = len(arg) - len(value_text)
+        end = len(arg) + 1  # libyaml puts end-of-input errors on the line after
         if path[0] == "extends":
             problems.append(Problem(Location(file, 1, 1), key, "extends cannot be overridden; write it in the recipe"))
             continue
         try:
             value_doc = read_yaml(value_text, file)
         except RecipeError as err:
-            problems.extend(_shift(p, shift) for p in err.problems)
+            problems.extend(_shift(p, shift, end) for p in err.problems)
             continue
         target = data
         for depth, part in enumerate(path[:-1]):
@@ -160,6 +161,8 @@ def _shift_loc(loc: Location, shift: int) -> Location:
     return Location(loc.file, loc.line, loc.column + shift if loc.line == 1 else loc.column, loc.chain)
 
 
-def _shift(problem: Problem, shift: int) -> Problem:
-    loc = _shift_loc(problem.location, shift) if problem.location else None
+def _shift(problem: Problem, shift: int, end: int) -> Problem:
+    loc = problem.location
+    if loc is not None:
+        loc = _shift_loc(loc, shift) if loc.line == 1 else Location(loc.file, 1, end, loc.chain)
     return Problem(loc, problem.path, problem.message, problem.hint)
