@@ -64,9 +64,11 @@ class Recipe:
             return None
         return schema.locate(self._document, _split(dotted_path), key=False)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The merged document (after extends and overrides) as plain data, as written."""
-        return copy.deepcopy(self._document.data) if self._document is not None else {}
+    def to_dict(self, defaults: bool = False) -> dict[str, Any]:
+        """The merged document (after extends and overrides) as plain data, as written; with
+        `defaults=True`, every absent key the schema gives a default is filled in as well."""
+        data = copy.deepcopy(self._document.data) if self._document is not None else {}
+        return schema.with_defaults(data) if defaults else data
 
 
 def from_document(doc: Document, source: str | None) -> Recipe:

@@ -140,6 +140,8 @@ def test_location_and_to_dict(tmp_path):
     assert recipe.location("eval.every") is None or recipe.location("eval.every").line == 1
     assert recipe.to_dict() == {"model": {"family": "gpt", "vocab_size": 256, "seq_len": 64, "d_model": 64,
                                           "n_layers": 2, "n_heads": 2}, "training": {"batch_size": 16}}
+    full = recipe.to_dict(defaults=True)
+    assert full["training"]["batch_size"] == 16 and full["training"]["seed"] == 0 and full["eval"]["every"] == "every epoch"
 
 
 def test_missing_file_is_a_recipe_error(tmp_path):
