@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from capidsl.lang import Cadence, Duration, Schedule, StopRule
+from capidsl.lang import Cadence, Duration, StopRule
 
 
 class FrozenMap(Mapping):

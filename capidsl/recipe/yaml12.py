@@ -34,7 +34,7 @@ MAX_BYTES = 1 << 20  # 1 MiB: a recipe is a page of text, never a data file
 MAX_DEPTH = 32  # recipes nest three or four levels; PyYAML's composer recurses per level
 MAX_NODES = 20_000  # values after alias expansion: "billion laughs" stops here
 
-Path_ = tuple  # a key path: ("training", "batch_size") or ("model", "hidden", 1)
+KeyPath = tuple  # a key path: ("training", "batch_size") or ("model", "hidden", 1)
 
 _PLAIN = "?plain"
 _STR, _INT, _FLOAT = "tag:yaml.org,2002:str", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
@@ -77,7 +77,7 @@ class Document:
     """A YAML file read as plain data, plus the position of every key path in it."""
 
     data: Any
-    positions: dict[Path_, Position]
+    positions: dict[KeyPath, Position]
     file: str
 
 
@@ -235,10 +235,10 @@ class _Builder:
         self.file = file
         self.count = 0
         self.problems: list[Problem] = []
-        self.positions: dict[Path_, Position] = {}
+        self.positions: dict[KeyPath, Position] = {}
         self._open: set[int] = set()  # ids of collections being built: an alias to one is recursive
 
-    def build(self, node, path: Path_, key: Location | None):
+    def build(self, node, path: KeyPath, key: Location | None):
         self.count += 1
         if self.count > MAX_NODES:
             raise _Refused(_loc(self.file, node.start_mark),
@@ -255,7 +255,7 @@ class _Builder:
             raise _Refused(here, "a recursive alias (a value that contains itself) is refused")
         self.positions[path] = Position(here, key)
         if node.tag not in (_MAP, _SEQ):
-            self._problem(here, _join(path), f"the tag {_tag(node.tag)} is not allowed in a recipe")
+            self._problem(here, join_path(path), f"the tag {_tag(node.tag)} is not allowed in a recipe")
         self._open.add(id(node))
         try:
             if isinstance(node, SequenceNode):
@@ -264,7 +264,7 @@ class _Builder:
         finally:
             self._open.discard(id(node))
 
-    def _mapping(self, node: MappingNode, path: Path_) -> dict:
+    def _mapping(self, node: MappingNode, path: KeyPath) -> dict:
         out: dict[str, Any] = {}
         first: dict[str, Location] = {}
         for key_node, value_node in node.value:
@@ -273,26 +273,26 @@ class _Builder:
             if key is None:
                 continue
             if key in first:
-                self._problem(key_loc, _join(path + (key,)),
+                self._problem(key_loc, join_path(path + (key,)),
                               f"duplicate key {key!r} (first written at line {first[key].line}); remove one")
                 continue
             first[key] = key_loc
             out[key] = self.build(value_node, path + (key,), key_loc)
         return out
 
-    def _key(self, node, path: Path_, where: Location) -> str | None:
+    def _key(self, node, path: KeyPath, where: Location) -> str | None:
         if not isinstance(node, ScalarNode):
-            self._problem(where, _join(path), "keys must be plain strings, not a list or mapping")
+            self._problem(where, join_path(path), "keys must be plain strings, not a list or mapping")
             return None
         self.count += 1
         value = self._scalar(node, path, where)
         if not isinstance(value, str):
             shown = "null" if value is None else f"{_type_word(value)} {node.value}"
-            self._problem(where, _join(path), f"keys must be strings, not {shown}; quote it if you mean the text")
+            self._problem(where, join_path(path), f"keys must be strings, not {shown}; quote it if you mean the text")
             return None
         return value
 
-    def _scalar(self, node: ScalarNode, path: Path_, where: Location):
+    def _scalar(self, node: ScalarNode, path: KeyPath, where: Location):
         tag, text = node.tag, node.value
         if tag == _PLAIN:
             return resolve_plain(text)
@@ -305,9 +305,9 @@ class _Builder:
                 return float(value)
             if type(value) is wanted:
                 return value
-            self._problem(where, _join(path), f"{text!r} is not a valid {tag.rsplit(':', 1)[1]}")
+            self._problem(where, join_path(path), f"{text!r} is not a valid {tag.rsplit(':', 1)[1]}")
             return text
-        self._problem(where, _join(path), f"the tag {_tag(tag)} is not allowed in a recipe")
+        self._problem(where, join_path(path), f"the tag {_tag(tag)} is not allowed in a recipe")
         return text
 
     def _problem(self, where: Location, path: str, message: str):
@@ -343,11 +343,7 @@ def _type_word(value) -> str:
     return {bool: "a boolean", int: "an integer", float: "a number", type(None): "null"}.get(type(value), "a value")
 
 
-def _join(path: Path_) -> str:
-    return join_path(path)
-
-
-def join_path(path: Path_) -> str:
+def join_path(path: KeyPath) -> str:
     """("model", "hidden", 1) -> "model.hidden[1]"."""
     out = ""
     for part in path:
