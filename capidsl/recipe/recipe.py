@@ -11,6 +11,7 @@ from typing import Any, Iterable
 from capidsl.lang import Schedule
 from capidsl.recipe import desugar, load, schema
 from capidsl.recipe.errors import Location, Problem, RecipeError
+from capidsl.recipe.language import value_location
 from capidsl.recipe.sections import (
     CheckpointConfig, DataConfig, EvalConfig, ExportConfig, LoggingConfig, MeshConfig, ModelConfig,
     OptimizerConfig, PrecisionConfig, StopConfig, TrainingConfig,
@@ -57,12 +58,24 @@ class Recipe:
         """The same from YAML text; `extends` is relative to `base_dir` (default: the current folder)."""
         return from_document(load.load_text(text, name, overrides, base_dir), source=None)
 
-    def location(self, dotted_path: str) -> Location | None:
+    def location(self, dotted_path: str, column: int | None = None) -> Location | None:
         """Where `dotted_path` (e.g. "training.batch_size", "model.hidden[1]") was written; for a key
-        that was not written (a default), where its nearest written parent is; None if none is."""
+        that was not written (a default, or a field desugared from a seed key), where its nearest
+        written parent is; None if none is.
+
+        `column` (1-based, as in LangError.column) picks one character of a recipe-language string,
+        so plan-time errors in a schedule or stop rule point at the offending piece."""
         if self._document is None:
             return None
-        return schema.locate(self._document, _split(dotted_path), key=False)
+        path = _split(dotted_path)
+        pos = self._document.positions.get(path)
+        if column is not None and pos is not None and pos.scalar is not None:
+            value = self._document.data
+            for part in path:
+                value = value[part]
+            if isinstance(value, str):
+                return value_location(pos, value, column - 1)
+        return schema.locate(self._document, path, key=False)
 
     def to_dict(self, defaults: bool = False) -> dict[str, Any]:
         """The merged document (after extends and overrides) as plain data, as written; with

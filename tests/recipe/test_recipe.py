@@ -156,3 +156,15 @@ def test_recipe_error_is_a_capidsl_error_with_exit_code_1():
     with pytest.raises(CapidslError) as info:
         Recipe.from_text("[")
     assert info.value.exit_code == 1 and info.value.problems
+
+
+def test_location_of_a_character_inside_a_language_string(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(MODEL + "schedule: 'linear(0 -> 1e-3, 100 steps) then cosine(1e-3 -> 1e-4, rest)'\n"
+                    "training: {num_epochs: 3}\n")
+    recipe = Recipe.from_yaml(path)
+    column = str(recipe.schedule).index("cosine") + 1  # e.g. a LangError raised by schedule.resolve()
+    assert recipe.location("schedule", column) == Location(str(path), 2, 11 + column)
+    assert recipe.location("schedule") == Location(str(path), 2, 11)
+    # a desugared field was not written: its section is where it came from
+    assert recipe.location("training.duration", 1) == Location(str(path), 3, 1)
