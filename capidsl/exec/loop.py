@@ -139,9 +139,10 @@ class Evaluator:
 
 def train_row(plan: Plan, step: int, window: Window, metrics: dict[str, jax.Array]) -> dict[str, Any]:
     """One line of metrics.jsonl for a log step (this fetches the step's metrics from the device)."""
+    loss = window.mean_loss()  # waits for the step: the timings below cover the computation, not its dispatch
     elapsed = time.perf_counter() - window.started
     row = {
-        "step": step, "epoch": step / max(1, plan.cadence.steps_per_epoch), "loss": window.mean_loss(),
+        "step": step, "epoch": step / max(1, plan.cadence.steps_per_epoch), "loss": loss,
         "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
         "tokens_per_s": window.count * plan.batch.tokens_per_step / max(elapsed, 1e-9),
         "step_time_s": elapsed / window.count, "data_wait_s": window.wait_s / window.count,
@@ -274,9 +275,8 @@ def _run(plan: Plan, run_dir, *, max_steps: int | None, stdout_is_tty: bool | No
     segment_start = time.perf_counter()
     progress.start(step)
     try:
-        # A resumed run whose history already meets the (possibly new) stop rule does not step again.
-        if history and decide():
-            pass
+        if history:  # a resumed run whose history already meets the (possibly new) rule does not step again
+            decide()
         while stop_reason is None and step < end_step:
             t0 = time.perf_counter()
             local = next(loader)
