@@ -10,6 +10,7 @@ import dataclasses
 import json
 
 import fake_data
+import jax
 import pytest
 from jit_cache import compile_cache  # noqa: F401
 from plan_factory import make_plan
@@ -164,3 +165,20 @@ def test_a_failed_async_save_stops_the_run_with_an_error_and_keeps_earlier_check
     monkeypatch.setattr(jh.JsonCheckpointHandler, "_save_fn", original)
     resumed = run(plan, tmp_path)  # and the run goes on from step 4
     assert resumed.resumed_from == 4 and resumed.steps == 12
+
+
+def test_sample_loads_the_final_weights_on_one_device_and_is_seeded(tmp_path, monkeypatch):
+    from capidsl.exec.generate import generate, load_run
+
+    plan = _plan(total=4, evals=None)
+    fake_data.install(monkeypatch, plan)
+    s = run(plan, tmp_path)
+    loaded, graphdef, params, step = load_run(tmp_path)
+    assert loaded == plan and step == 4
+    assert {len(x.sharding.device_set) for x in jax.tree_util.tree_leaves(params)} == {1}
+    from capidsl.exec.summary import params_sha256
+
+    assert params_sha256(params) == s.params_sha256
+    a = generate(plan, graphdef, params, [1, 2, 3], tokens=5, temperature=1.0, seed=0)
+    b = generate(plan, graphdef, params, [1, 2, 3], tokens=5, temperature=1.0, seed=0)
+    assert a == b and len(a) == 5 and all(0 <= t < plan.data.vocab_size for t in a)
