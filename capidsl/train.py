@@ -11,8 +11,8 @@ from typing import Any
 
 
 def main(config: Any = None, *, run_dir: str | None = None, max_steps: int | None = None):
-    """Compile and run a recipe the way `capidsl run` does; returns the Summary."""
-    from capidsl.exec.loop import run
+    """Compile and run a recipe the way `capidsl run` does (printing its closing lines); returns the Summary."""
+    from capidsl.exec.loop import describe, run
     from capidsl.plan.compile import compile_plan
 
     if config is None:
@@ -27,7 +27,9 @@ def main(config: Any = None, *, run_dir: str | None = None, max_steps: int | Non
         plan = config
     else:
         plan = compile_plan(config)
-    return run(plan, run_dir, max_steps=max_steps)
+    summary = run(plan, run_dir, max_steps=max_steps)
+    print(describe(summary))
+    return summary
 
 
 if __name__ == "__main__":

@@ -347,7 +347,6 @@ def _run(plan: Plan, run_dir, *, max_steps: int | None, stdout_is_tty: bool | No
     ckpts.close()
 
     resumable = not stopped_by_rule and step < plan.cadence.total_steps
-    progress.note(stop_reason)
     summary = Summary(
         run_dir=str(run_dir), plan_name=plan.name, fingerprint=plan.fingerprint, steps=step,
         tokens=step * plan.batch.tokens_per_step, epochs=step / max(1, cad.steps_per_epoch),
