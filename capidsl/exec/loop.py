@@ -153,6 +153,16 @@ def train_row(plan: Plan, step: int, window: Window, metrics: dict[str, jax.Arra
     return row
 
 
+def _iterator(loader):
+    """The loader as an iterator with get_state/set_state (a grain DataLoader gives one from iter())."""
+    it = loader if hasattr(loader, "__next__") else iter(loader)
+    for name in ("get_state", "set_state"):
+        if not hasattr(it, name):
+            raise RunError(f"the training data iterator has no {name}()", subject="data",
+                           hint="capidsl.data.train_loader must return a resumable iterator")
+    return it
+
+
 def _every(n: int | None, step: int) -> bool:
     return bool(n) and step % n == 0
 
@@ -209,8 +219,8 @@ def _run(plan: Plan, run_dir, *, max_steps: int | None, stdout_is_tty: bool | No
                         best_n=1 if best_metric else 0)
     writer = MetricsWriter(run_dir, tensorboard=plan.logging.tensorboard)
     progress = Progress(plan.logging.progress, total_steps=end_step, stdout_is_tty=stdout_is_tty)
-    loader = train_loader(plan.data, global_batch=plan.batch.global_batch, process_index=jax.process_index(),
-                          process_count=jax.process_count())
+    loader = _iterator(train_loader(plan.data, global_batch=plan.batch.global_batch,
+                                    process_index=jax.process_index(), process_count=jax.process_count()))
 
     # -- init or resume --
     with warnings.catch_warnings(record=True) as caught:
