@@ -18,13 +18,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.tokens < 0:
         raise UsageError("--tokens must be zero or more")
-    from capidsl.exec.generate import byte_tokenizer, generate, load_run
+    from capidsl.data.tokenize import get_tokenizer
+    from capidsl.exec.generate import generate, load_run
 
     plan, graphdef, params, _ = load_run(args.run_dir)
-    if plan.data.tokenizer != "byte":
-        raise UsageError(f"sample decodes byte-level runs only; this run uses the tokenizer {plan.data.tokenizer}")
-    encode, decode = byte_tokenizer()
-    ids = generate(plan, graphdef, params, encode(args.prompt), tokens=args.tokens,
+    tokenizer = get_tokenizer(plan.data.tokenizer)  # the run's own: bytes, or its sentencepiece/tokenizers file
+    ids = generate(plan, graphdef, params, [int(t) for t in tokenizer.encode(args.prompt)], tokens=args.tokens,
                    temperature=args.temperature, seed=args.seed)
-    print(args.prompt + decode(ids))
+    print(args.prompt + tokenizer.decode(ids))
     return 0

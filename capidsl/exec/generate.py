@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,11 +47,6 @@ def load_run(run_dir: str | Path) -> tuple[Plan, nnx.GraphDef, Any, int]:
         return plan, graphdef, ckpts.restore_state(step, abstract).params, step
     finally:
         ckpts.close()
-
-
-def byte_tokenizer() -> tuple[Callable[[str], list[int]], Callable[[list[int]], str]]:
-    """UTF-8 bytes as token ids 0..255; decoding replaces broken sequences (a sample may cut one)."""
-    return (lambda text: list(text.encode("utf-8"))), (lambda ids: bytes(i for i in ids if 0 <= i < 256).decode("utf-8", "replace"))
 
 
 def generate(plan: Plan, graphdef, params, prompt_ids: list[int], *, tokens: int, temperature: float,
