@@ -42,7 +42,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.steps is not None and args.steps < 0:
+    if args.steps is not None and args.steps < 1:
         raise UsageError("--steps must be a positive number of optimizer steps")
     plan = load_plan(args.target, args.overrides)
     from capidsl.exec.loop import describe, run as run_plan
