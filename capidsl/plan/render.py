@@ -1,0 +1,101 @@
+"""Human output of `capidsl plan`: a summary line, the mesh, parameters grouped by pattern, memory, warnings."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import OrderedDict
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from capidsl.plan.mesh import describe as describe_mesh
+from capidsl.plan.plan import MeshSpec, Plan
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
+
+
+def human_count(n: float) -> str:
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def spec_text(spec: MeshSpec) -> str:
+    parts = ["+".join(a) if a else "·" for a in spec]
+    return "(" + ", ".join(parts) + ")"
+
+
+def _pattern(path: str) -> str:
+    return re.sub(r"\.\d+\.", ".*.", path)
+
+
+def param_rows(plan: Plan):
+    """Parameters grouped by path pattern (numbered layers fold into one row) with counts and bytes."""
+    groups: OrderedDict[tuple, list] = OrderedDict()
+    for p in plan.sharding.params:
+        key = (_pattern(p.path), p.shape, p.spec, p.logical_axes)
+        groups.setdefault(key, []).append(p)
+    for (pattern, shape, spec, axes), ps in groups.items():
+        yield pattern, len(ps), shape, axes, spec, sum(math.prod(p.shape) for p in ps), sum(p.bytes_per_device for p in ps)
+
+
+def render(plan: Plan) -> Group:
+    t = plan.topology
+    c = plan.cadence
+    head = Text.assemble(
+        (f"{plan.name}", "bold"), f"  {human_count(plan.model.param_count)} params ({plan.model.family})",
+        f"  {plan.batch.tokens_per_step:,} tokens/step", f"  {c.total_steps:,} steps",
+        f" ({c.total_steps / c.steps_per_epoch:.3g} epochs)", ("  fingerprint ", "dim"), (plan.fingerprint, "cyan"))
+    topo = Text(f"{t.device_count} × {t.device_kind} ({human_bytes(t.memory_per_device)} each, {t.process_count} "
+                f"process{'es' if t.process_count > 1 else ''}{', simulated' if t.simulated else ''})   mesh {describe_mesh(plan.mesh)}")
+    b = plan.batch
+    batching = Text(f"batch {b.global_batch} = micro {b.micro_batch} × accumulation {b.accumulation} × data-parallel "
+                    f"{b.data_parallel}   precision {plan.precision.param_dtype}/{plan.precision.compute_dtype}/"
+                    f"{plan.precision.output_dtype}   optimizer {plan.optimizer.name}   remat {plan.model.remat}")
+    cad = Text(f"schedule {plan.schedule.text}\nstop {plan.stop.rule or 'at the end'}   eval every {c.eval_every} steps "
+               f"({c.eval_batches} batches)   checkpoint every {c.checkpoint_every} steps, keep {plan.checkpoint.keep}   "
+               f"log every {c.log_every}")
+
+    table = Table(title="parameters (per device after sharding; logical axis→mesh axes)", title_justify="left",
+                  show_edge=False, pad_edge=False)
+    table.add_column("parameter", no_wrap=True)
+    table.add_column("×", justify="right")
+    table.add_column("shape", no_wrap=True)
+    table.add_column("axes")
+    table.add_column("params", justify="right")
+    table.add_column("bytes/device", justify="right", no_wrap=True)
+    for pattern, n, shape, axes, spec, count, nbytes in param_rows(plan):
+        placed = ", ".join((a or "·") + ("→" + "+".join(m) if m else "") for a, m in zip(axes, spec))
+        table.add_row(pattern, str(n), "×".join(map(str, shape)), placed, human_count(count), human_bytes(nbytes))
+
+    m = plan.memory
+    width = 40
+    fill = min(width, round(width * m.total / max(1, m.device_memory)))
+    verdict = ("FITS", "green") if m.fits else ("DOES NOT FIT", "bold red")
+    bar = Text.assemble("memory/device [", ("█" * fill, verdict[1]), " " * (width - fill), "] ",
+                        f"{human_bytes(m.total)} of {human_bytes(m.device_memory)}  ", verdict,
+                        f"  headroom {human_bytes(m.headroom)}")
+    parts = Text(f"  params {human_bytes(m.params)}  grads {human_bytes(m.grads)}  optimizer {human_bytes(m.opt_state)}  "
+                 f"activations {human_bytes(m.activations)}  batch {human_bytes(m.batch)}\n  {m.activation_formula}")
+    f = plan.flops
+    cost = Text(f"FLOPs {f.flops_per_token:.3g}/token, {f.flops_per_step:.3g}/step; ~{f.step_time_s:.3g} s/step at "
+                f"{f.assumed_mfu:.0%} MFU ({f.formula})")
+    items = [head, topo, batching, cad, table, bar, parts, cost]
+    if m.compiled:
+        compiled = dict(m.compiled)
+        items.append(Text("compiled (XLA, per device): " + "  ".join(f"{k} {human_bytes(v)}" for k, v in m.compiled)))
+        if compiled.get("temp"):
+            items.append(Text(f"  activations analytic / XLA temp = {m.activations / compiled['temp']:.2f}"))
+    for lint in plan.lints:
+        items.append(Text(f"{lint.level}: {lint.location + ': ' if lint.location else ''}{lint.message} [{lint.code}]",
+                          style="yellow" if lint.level == "warning" else "red"))
+    return Group(*items)
