@@ -15,7 +15,7 @@ from capidsl.plan import batching, flops, lints, memory
 from capidsl.plan.errors import PlanError
 from capidsl.plan.mesh import layout
 from capidsl.plan.plan import (
-    PLAN_VERSION, BatchPlan, CadencePlan, CheckpointPlan, DataPlan, ExportPlan, LoggingPlan, ModelPlan,
+    PLAN_VERSION, Lint, BatchPlan, CadencePlan, CheckpointPlan, DataPlan, ExportPlan, LoggingPlan, ModelPlan,
     OptimizerPlan, Plan, PrecisionPlan, StopPlan, Topology, freeze_options,
 )
 from capidsl.plan.sharding import plan_sharding, rules_with
@@ -149,6 +149,10 @@ def compile_plan(recipe, topology: Topology | None = None) -> Plan:
                                 keep_best_mode=kb.mode if kb else "min", keep_best=kb.n if kb else 0,
                                 async_save=recipe.checkpoint.async_)
     found = lints.lint(cadence, stop, checkpoint.keep_best_metric, where)
+    if eval_every and eval_every <= total_steps and eval_batches == 0:
+        loc = where("eval.every")
+        found.append(Lint("warning", "eval-empty", f"the validation split ({info.val_examples} examples) holds less than "
+                          f"one global batch of {global_batch}: evaluations will fail", str(loc) if loc else None))
     if stop.rule is not None and any(m.startswith("val_") for m in stop.rule.metrics()) and eval_every and val_batches == 0:
         raise PlanError(f"the stop rule reads validation metrics but the validation split ({info.val_examples} examples) "
                         f"holds less than one batch of {global_batch}", subject="data.validation_fraction",

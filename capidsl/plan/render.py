@@ -93,8 +93,8 @@ def render(plan: Plan) -> Group:
     if m.compiled:
         compiled = dict(m.compiled)
         items.append(Text("compiled (XLA, per device): " + "  ".join(f"{k} {human_bytes(v)}" for k, v in m.compiled)))
-        if compiled.get("temp"):
-            items.append(Text(f"  activations analytic / XLA temp = {m.activations / compiled['temp']:.2f}"))
+        if compiled.get("temp_bytes"):
+            items.append(Text(f"  activations analytic / XLA temp = {m.activations / compiled['temp_bytes']:.2f}"))
     for lint in plan.lints:
         items.append(Text(f"{lint.level}: {lint.location + ': ' if lint.location else ''}{lint.message} [{lint.code}]",
                           style="yellow" if lint.level == "warning" else "red"))
