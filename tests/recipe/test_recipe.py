@@ -39,10 +39,10 @@ def test_seed_recipe_keeps_its_values_and_meaning():
 def test_base_recipe_loads():
     recipe = Recipe.from_yaml(REPO / "recipes" / "base.yaml")
     assert recipe.model.family == "gpt" and recipe.model.d_model == 128 and recipe.data.source == "stdlib"
-    assert recipe.training.duration == lang.parse_duration("1500 steps")
-    assert recipe.stop.when == lang.parse_stop_rule("val_loss stalls for 5 evals or not finite(loss)")
-    assert recipe.eval.every == lang.parse_cadence("every 250 steps")
-    assert recipe.checkpoint.every == lang.parse_cadence("every 500 steps")
+    assert recipe.training.duration == lang.parse_duration("700 steps")
+    assert recipe.stop.when == lang.parse_stop_rule("val_loss stalls for 3 evals or not finite(loss)")
+    assert recipe.eval.every == lang.parse_cadence("every 100 steps")
+    assert recipe.checkpoint.every == lang.parse_cadence("every 350 steps")
     assert recipe.precision == FULL
     assert Path(REPO / "recipes" / "base.yaml").read_text().startswith("# yaml-language-server: $schema=")
 
