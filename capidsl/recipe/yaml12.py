@@ -222,6 +222,10 @@ def _yaml_problem(err: yaml.MarkedYAMLError, file: str) -> Problem:
             message += f" at line {err.context_mark.line + 1}"
         message += ")"
     location = _loc(file, mark) if mark is not None else Location(file, 1, 1)
+    if err.problem and "maximum nesting depth" in err.problem:
+        # libyaml >= 0.2.6 (PyYAML 6.0.3+ wheels) stops at 1000 flow levels while scanning ahead,
+        # before our composer's tighter limit is reached: the same refusal, in the same words.
+        return Problem(location, "", f"nesting deeper than {MAX_DEPTH} levels is refused")
     if err.problem and err.problem.startswith("but found another document"):
         return Problem(location, "", "a recipe is one YAML document; remove this second one (and its ---)")
     return Problem(location, "", f"invalid YAML: {message}")
