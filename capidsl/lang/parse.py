@@ -194,7 +194,7 @@ class _Builder(Transformer):
     del _ramp
 
     def constant(self, meta, children):
-        v, length = children
+        v, length = children if len(children) == 2 else (children[0], Rest(span=_span(meta)))
         return Constant(v.value, length, span=_span(meta), value_spans=(v.span,))
 
     def inverse_sqrt(self, meta, children):

@@ -41,6 +41,11 @@ def test_rsqrt_is_inverse_sqrt():
     assert a == b and isinstance(a.pieces[1], InverseSqrt)
 
 
+def test_constant_without_a_length_holds_for_the_rest():
+    assert parse_schedule("constant(3e-3)") == parse_schedule("constant(3e-3, rest)")
+    assert str(parse_schedule("linear(0 -> 1e-3, 10 steps) then constant(1e-3)")).endswith("constant(1e-3, rest)")
+
+
 def test_jump_is_explicit():
     text = "cosine(1e-3 -> 0, 100 steps) then jump to cosine(1e-3 -> 0, rest)"
     s = parse_schedule(text)
