@@ -13,12 +13,6 @@ import pytest
 
 import runs
 
-try:  # TODO(run loop): drop this guard once both have landed; then a missing module is a failure
-    import capidsl.data  # noqa: F401
-    import capidsl.plan.compile  # noqa: F401
-except ModuleNotFoundError as err:
-    pytest.skip(f"{err.name} has not landed yet", allow_module_level=True)
-
 TINY = """
 name: tiny
 run_dir: runs/tiny
@@ -26,7 +20,7 @@ model: {{family: gpt, vocab_size: 256, seq_len: 32, d_model: 32, n_layers: 1, n_
 data: {{source: {source}, tokenizer: byte, validation_fraction: 0.1}}
 training: {{batch_size: 8, duration: "{steps} steps", seed: 3, mixed_precision: false}}
 optimizer: {{name: adamw, beta1: 0.9, beta2: 0.95, epsilon: 1e-8, weight_decay: 0.0}}
-schedule: "constant(3e-3)"
+schedule: "constant(3e-3, rest)"
 stop: {{when: "{stop}", restore_best: false}}
 eval: {{every: "every 20 steps", batches: 2}}
 checkpoint: {{every: "every 20 steps", keep: 2}}
@@ -80,7 +74,7 @@ def test_early_stopping_fires_with_its_reason(tmp_path, environ):
     done = capidsl("run", str(r), "--run-dir", str(tmp_path / "run"), environ=environ)
     assert done.returncode == 0, done.stderr
     s = runs.summary(tmp_path / "run")
-    assert s["steps"] == 40 and s["stop_reason"].startswith("stopped at step 40: val_loss stalled for 1 evals")
+    assert s["steps"] == 40 and s["stop_reason"].startswith("stopped at step 40: val_loss stalled for 1 eval (best ")
     assert s["stop_reason"] in done.stdout and not s["resumable"]
 
 
@@ -96,3 +90,15 @@ def test_a_changed_shape_is_refused_and_a_plan_json_runs_as_is(tmp_path, environ
     again = capidsl("run", str(plan_json), "--run-dir", str(tmp_path / "run"), "--steps", "40", environ=environ)
     assert again.returncode == 0, again.stderr
     assert runs.summary(tmp_path / "run")["steps"] == 40
+
+
+def test_train_main_takes_a_path_or_a_recipe(tmp_path, capsys):
+    """The seed's entry point, in process (the suite's 8 devices: the live plan splits the batch 8 ways)."""
+    from capidsl.recipe import Recipe
+    from capidsl.train import main
+
+    r = recipe(tmp_path, steps=20)
+    a = main(str(r), run_dir=str(tmp_path / "a"), max_steps=3)
+    b = main(Recipe.from_yaml(r), run_dir=str(tmp_path / "b"), max_steps=3)
+    assert a.steps == b.steps == 3 and a.params_sha256 == b.params_sha256
+    assert "resumable" in capsys.readouterr().out
