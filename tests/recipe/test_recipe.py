@@ -168,3 +168,17 @@ def test_location_of_a_character_inside_a_language_string(tmp_path):
     assert recipe.location("schedule") == Location(str(path), 2, 11)
     # a desugared field was not written: its section is where it came from
     assert recipe.location("training.duration", 1) == Location(str(path), 3, 1)
+
+
+def test_the_public_api_is_lazy_and_the_recipe_side_imports_no_jax():
+    import subprocess
+    import sys
+
+    code = ("import sys, capidsl; r = capidsl.Recipe.from_yaml('recipes/seed.yaml');"
+            "print(type(r).__name__, 'jax' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[2])
+    assert out.stdout.split() == ["Recipe", "False"]
+    import capidsl
+
+    assert capidsl.Recipe is Recipe and callable(capidsl.compile_plan) and callable(capidsl.train.main)
