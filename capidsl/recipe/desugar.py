@@ -110,7 +110,9 @@ def sections(data: dict, parsed: dict[tuple, Any]) -> dict[str, Any]:
     if schedule is None:
         schedule = lang.parse_schedule(f"constant({float(t['learning_rate'])!r}, rest)")
 
-    eval_every = parsed.get(("eval", "every")) or lang.parse_cadence(data["eval"]["every"])
+    eval_every = parsed.get(("eval", "every"))
+    if eval_every is None and data["eval"]["every"] is not None:
+        eval_every = lang.parse_cadence(data["eval"]["every"])
     logging_every = parsed.get(("logging", "every")) or lang.parse_cadence(data["logging"]["every"])
 
     family = data["model"]["family"]

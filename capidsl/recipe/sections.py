@@ -129,7 +129,7 @@ class StopConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    every: Cadence
+    every: Cadence | None
     batches: int | None
 
 

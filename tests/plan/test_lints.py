@@ -24,6 +24,7 @@ def test_base_recipe_has_no_lints():
     (("logging.every=every 100 steps",), "log-never"),
     (("stop.when=val_loss stalls for 5 evals",), "patience-too-long"),
     (("stop.when=val_loss < 1.0", "eval.every=every 100 steps"), "eval-never"),
+    (("stop.when=val_loss < 1.0", "eval.every=null"), "eval-never"),
     (("stop.when=val_loss stalls for 5 steps",), "eval-too-rare"),
     (("checkpoint.keep_best={metric: val_loss, mode: min, n: 1}", "eval.every=every 100 steps"), "keep-best-never"),
 ])
@@ -37,3 +38,8 @@ def test_each_lint_fires(tiny, overrides, code):
 def test_tensor_axis_across_hosts_warns(tiny):
     plan = compile_plan(tiny("mesh.data=1", "mesh.tensor=4", "model.d_ff=64"), simulated("h100", 4, processes=4))
     assert "tensor-crosses-hosts" in codes(plan)
+
+
+def test_eval_null_means_no_evaluation(tiny):
+    plan = compile_plan(tiny("eval.every=null"), simulated("cpu", 1))
+    assert plan.cadence.eval_every is None and codes(plan) == set()
