@@ -68,6 +68,11 @@ def test_run_in_pieces_then_sample(tmp_path, environ):
     assert text.returncode == 0, text.stderr
     assert text.stdout.startswith("def ") and len(text.stdout) > 10
 
+    report = capidsl("report", str(tmp_path / "a"), environ=environ)  # the run made in two pieces
+    assert report.returncode == 0, report.stderr
+    assert "steps 60" in report.stdout and "completed" in report.stdout
+    assert (tmp_path / "a" / "report.png").stat().st_size > 20_000
+
 
 def test_early_stopping_fires_with_its_reason(tmp_path, environ):
     r = recipe(tmp_path, steps=200, stop="val_loss stalls for 1 evals by 100 or not finite(loss)")
