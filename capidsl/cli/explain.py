@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-_KINDS = {"duration": "duration", "cadence": "cadence", "schedule": "schedule", "stop": "stop_rule"}
+_KINDS = {"duration": "duration", "cadence": "cadence", "schedule": "schedule", "stop": "stop_rule", "pruning": "pruning"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,18 +1,19 @@
-"""The recipe language: durations, cadences, learning-rate schedules and stop rules.
+"""The recipe language: durations, cadences, learning-rate schedules, stop rules and pruning schedules.
 
 Parsing (lark) is imported only when a parse function is first called, so that code holding
 AST objects (the plan, the executor) never pays for the grammar.
 """
 
 from capidsl.lang.ast import (
-    Best, Cadence, Decision, Duration, Record, ResolvedSchedule, Schedule, StopRule, from_json,
+    Best, Cadence, Decision, Duration, PruningSchedule, Record, ResolvedPruning, ResolvedSchedule, Schedule,
+    StopRule, from_json,
 )
 from capidsl.lang.errors import LangError
 
 __all__ = [
-    "parse_duration", "parse_cadence", "parse_schedule", "parse_stop_rule", "LangError",
+    "parse_duration", "parse_cadence", "parse_schedule", "parse_stop_rule", "parse_pruning", "LangError",
     "Duration", "Cadence", "Schedule", "ResolvedSchedule", "StopRule", "Record", "Decision", "Best",
-    "from_json",
+    "PruningSchedule", "ResolvedPruning", "from_json",
 ]
 
 
@@ -51,3 +52,10 @@ def parse_stop_rule(text: str, metrics=None, directions=None) -> StopRule:
     from capidsl.lang.parse import parse_stop_rule as parse
 
     return parse(text, metrics, directions)
+
+
+def parse_pruning(text: str) -> PruningSchedule:
+    """`from 0% to 80% between 1k and 5k steps, every 100 steps` -> PruningSchedule."""
+    from capidsl.lang.parse import parse_pruning as parse
+
+    return parse(text)

@@ -11,6 +11,7 @@ from typing import Any
 from capidsl.lang.durations import UNITS, Cadence, Duration
 from capidsl.lang.history import Best, Decision, Record
 from capidsl.lang.node import Node, node_from_json
+from capidsl.lang.pruning import PruningSchedule, ResolvedPruning
 from capidsl.lang.schedules import (
     Constant, Cosine, Exponential, InverseSqrt, Length, Linear, Piece, ResolvedPiece,
     ResolvedSchedule, Rest, Schedule, WarmupStableDecay,
@@ -25,7 +26,8 @@ __all__ = [
     "Rest", "Length", "Linear", "Cosine", "Exponential", "Constant", "InverseSqrt",
     "WarmupStableDecay", "Piece", "Schedule", "ResolvedPiece", "ResolvedSchedule",
     "BUILTIN_DIRECTIONS", "direction_of", "Const", "Latest", "BestOf", "Compare", "Progress",
-    "Stalls", "Finite", "Not", "AnyOf", "AllOf", "Condition", "StopRule", "from_json",
+    "Stalls", "Finite", "Not", "AnyOf", "AllOf", "Condition", "StopRule", "PruningSchedule",
+    "ResolvedPruning", "from_json",
 ]
 
 

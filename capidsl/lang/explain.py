@@ -6,12 +6,13 @@ from dataclasses import dataclass
 
 from capidsl.lang.ast import (
     AllOf, AnyOf, BestOf, Cadence, Compare, Const, Constant, Cosine, Duration, Exponential, Finite,
-    InverseSqrt, Latest, Linear, Not, Progress, Rest, Schedule, Stalls, StopRule, WarmupStableDecay,
+    InverseSqrt, Latest, Linear, Not, Progress, PruningSchedule, Rest, Schedule, Stalls, StopRule,
+    WarmupStableDecay,
 )
 from capidsl.lang.errors import LangError
 from capidsl.lang.numbers import format_number as _n
 
-KINDS = ("duration", "cadence", "schedule", "stop_rule")
+KINDS = ("duration", "cadence", "schedule", "stop_rule", "pruning")
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,8 @@ def explain(text: str, kind: str | None = None, metrics=None, directions=None) -
     from capidsl.lang import parse
 
     if kind is None:
-        kinds = ("cadence",) if text.strip().startswith("every") else ("duration", "schedule", "stop_rule")
+        first = text.strip().split(" ", 1)[0]
+        kinds = {"every": ("cadence",), "from": ("pruning",)}.get(first, ("duration", "schedule", "stop_rule"))
         errors = []
         for k in kinds:
             try:
@@ -56,6 +58,8 @@ def describe(node) -> list[str]:
         return schedule_words(node)
     if isinstance(node, StopRule):
         return ["Stop training as soon as " + condition_words(node.expr, 0)[0]] + condition_words(node.expr, 0)[1:]
+    if isinstance(node, PruningSchedule):
+        return pruning_words(node)
     raise TypeError(f"cannot explain a {type(node).__name__}")
 
 
@@ -97,6 +101,16 @@ def piece_words(piece) -> str:
                 f"{_n(piece.peak)} over {piece.warmup}, hold {_n(piece.peak)}, then a straight line to "
                 f"{_n(piece.end)} over the final {piece.decay}")
     raise TypeError(type(piece).__name__)
+
+
+def pruning_words(p: PruningSchedule) -> list[str]:
+    curve = ("along Zhu & Gupta's cubic s(t) = final + (initial − final)(1 − progress)³, fast at first"
+             if p.curve == "cubic" else "along a straight line")
+    return [
+        "Prune weights by magnitude (the smallest become exactly zero and stay zero):",
+        f"  none before {p.start}; {_n(p.initial)}% at {p.start}, growing to {_n(p.final)}% at {p.end} {curve};",
+        f"  the mask is recomputed {p.every} from the start, and at the end; {_n(p.final)}% is kept after it.",
+    ]
 
 
 def schedule_words(s: Schedule) -> list[str]:

@@ -16,6 +16,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedTok
 from capidsl.lang.durations import UNIT_WORDS, Cadence, Duration
 from capidsl.lang.errors import LangError
 from capidsl.lang.numbers import read_number
+from capidsl.lang.pruning import PruningSchedule
 from capidsl.lang.schedules import (
     Constant, Cosine, Exponential, InverseSqrt, Linear, Rest, Schedule, WarmupStableDecay,
 )
@@ -24,13 +25,14 @@ from capidsl.lang.stop import (
 )
 from capidsl.resources import resource_path
 
-START_RULES = ("duration", "cadence", "schedule", "stop_rule")
-_KIND_WORDS = {"duration": "a duration", "cadence": "a cadence", "schedule": "a schedule", "stop_rule": "a stop rule"}
+START_RULES = ("duration", "cadence", "schedule", "stop_rule", "pruning")
+_KIND_WORDS = {"duration": "a duration", "cadence": "a cadence", "schedule": "a schedule", "stop_rule": "a stop rule",
+               "pruning": "a pruning schedule"}
 
 
 @functools.lru_cache(maxsize=1)
 def parser() -> Lark:
-    """The compiled LALR parser for all four start rules (built once per process)."""
+    """The compiled LALR parser for all five start rules (built once per process)."""
     grammar = resource_path("grammar", "language.lark").read_text()
     return Lark(grammar, parser="lalr", start=list(START_RULES), propagate_positions=True,
                 maybe_placeholders=False)
@@ -60,6 +62,11 @@ def parse_stop_rule(text: str, metrics: Iterable[str] | None = None,
     """
     return _parse(text, "stop_rule", metrics=tuple(metrics) if metrics is not None else None,
                   directions=dict(directions or {}))
+
+
+def parse_pruning(text: str) -> PruningSchedule:
+    """`from 0% to 80% between 1k and 5k steps, every 100 steps` -> PruningSchedule (checked)."""
+    return _parse(text, "pruning")
 
 
 def parse(text: str, kind: str, **options):
@@ -303,6 +310,34 @@ class _Builder(Transformer):
     def finite(self, meta, children):
         return Finite(self._metric(children[0]), span=_span(meta))
 
+    # pruning schedules
+
+    def sparsity(self, meta, children):
+        return children[0]
+
+    def prune_point(self, meta, children):
+        num, unit = children if len(children) == 2 else (children[0], None)
+        return num, (None if unit is None else UNIT_WORDS[str(unit)]), _span(meta)
+
+    def prune_share(self, meta, children):
+        return children[0], ("percent", 1), _span(meta)
+
+    def prune_curve(self, meta, children):
+        return str(children[0])
+
+    def pruning(self, meta, children):
+        initial, final, (a, a_unit, a_span), (b, b_unit, b_span), *rest = children
+        if b_unit is None:
+            raise self._error("the end of pruning needs a unit, e.g. `5k steps`", b.span[1])
+        a_unit = a_unit or b_unit
+        start, end = (Duration(n.value * factor, name, span=span)
+                      for n, (name, factor), span in ((a, a_unit, a_span), (b, b_unit, b_span)))
+        every = next((c for c in rest if isinstance(c, Cadence)), None)
+        curve = next((c for c in rest if isinstance(c, str)), "cubic")
+        spans = (initial.span, final.span, a_span, b_span, every.span if every else (len(self.text), len(self.text)))
+        return PruningSchedule(initial.value, final.value, start, end, every or Cadence(Duration(1, "steps")), curve,
+                               span=_span(meta), source=self.text, value_spans=spans)
+
 
 # ---- syntax errors in words -----------------------------------------------------------------
 
@@ -370,6 +405,7 @@ def _expected_for(kind: str) -> str:
         "cadence": "a cadence such as `every 1000 steps`",
         "schedule": "a schedule such as `linear(0 -> 3e-4, 500 steps) then cosine(3e-4 -> 3e-5, rest)`",
         "stop_rule": "a stop rule such as `val_loss stalls for 5 evals`",
+        "pruning": "a pruning schedule such as `from 0% to 80% between 1k and 5k steps, every 100 steps`",
     }[kind]
 
 

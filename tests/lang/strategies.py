@@ -4,7 +4,8 @@ from hypothesis import strategies as st
 
 from capidsl.lang.ast import (
     AllOf, AnyOf, BestOf, Cadence, Compare, Const, Constant, Cosine, Duration, Exponential, Finite,
-    InverseSqrt, Latest, Linear, Not, Progress, Rest, Schedule, Stalls, StopRule, WarmupStableDecay,
+    InverseSqrt, Latest, Linear, Not, Progress, PruningSchedule, Rest, Schedule, Stalls, StopRule,
+    WarmupStableDecay,
 )
 from capidsl.lang.stop import BUILTIN_DIRECTIONS
 
@@ -109,4 +110,30 @@ def _branch(children):
 conditions = st.recursive(leaves, _branch, max_leaves=8)
 stop_rules = st.builds(StopRule, conditions)
 
-__all__ = ["durations", "cadences", "schedules", "stop_rules", "conditions", "BUILTIN_DIRECTIONS"]
+percents = st.integers(0, 99) | st.floats(0, 99.9, allow_nan=False)
+step_cadences = st.builds(Cadence, st.one_of(
+    st.builds(Duration, small_ints, st.just("steps")),
+    st.builds(Duration, small_ints | st.floats(1e-3, 1e4, allow_nan=False), st.just("epochs")),
+    st.builds(Duration, small_ints, st.just("tokens")),
+))
+
+
+@st.composite
+def pruning_schedules(draw):
+    """A valid pruning schedule: 0 <= initial <= final < 100, the end after the start."""
+    initial, final = sorted((draw(percents), draw(percents.filter(lambda v: v > 0))))
+    if final == 0 or initial == final and draw(st.booleans()):
+        final = min(99.5, initial + 0.5)
+    unit = draw(st.sampled_from(["steps", "epochs", "tokens", "percent"]))
+    whole = unit in ("steps", "tokens")
+    values = st.integers(1, 10**7) if whole else st.integers(1, 99) | st.floats(0.01, 99, allow_nan=False)
+    start = draw(st.just(0) | values)
+    end = draw(values.filter(lambda v: v > start))
+    start_unit = unit if draw(st.integers(0, 4)) else draw(st.sampled_from(["steps", "tokens"]))
+    if start_unit != unit:
+        start = int(start)
+    return PruningSchedule(initial, final, Duration(start, start_unit), Duration(end, unit), draw(step_cadences),
+                           draw(st.sampled_from(["cubic", "linear"])))
+
+
+__all__ = ["durations", "cadences", "schedules", "stop_rules", "conditions", "pruning_schedules", "BUILTIN_DIRECTIONS"]

@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capidsl.lang import parse_cadence, parse_duration, parse_schedule, parse_stop_rule
+from capidsl.lang import parse_cadence, parse_duration, parse_pruning, parse_schedule, parse_stop_rule
 from capidsl.lang.ast import ResolvedSchedule, Rest, StopRule, from_json
 from capidsl.plan.frozen import from_jsonable, to_jsonable
 
-from .strategies import cadences, durations, schedules, short_lengths, stop_rules
+from .strategies import cadences, durations, pruning_schedules, schedules, short_lengths, stop_rules
 
 
 def _json(x):
@@ -49,6 +49,16 @@ def test_stop_rule_roundtrip(rule):
     assert again == rule, text
     assert str(again) == text
     assert _json(rule) == rule
+
+
+@settings(max_examples=300, deadline=None)
+@given(pruning_schedules())
+def test_pruning_schedule_roundtrip(p):
+    text = str(p)
+    again = parse_pruning(text)
+    assert again == p, text
+    assert str(again) == text
+    assert _json(p) == p
 
 
 @settings(max_examples=100, deadline=None)
