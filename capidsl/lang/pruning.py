@@ -23,6 +23,11 @@ CURVES = ("cubic", "linear")
 _n = format_number
 
 
+def pruned_count(sparsity: Fraction, n: int) -> int:
+    """How many of `n` weights a target sparsity prunes: round(sparsity·n), halves up (exact)."""
+    return int((Fraction(sparsity) * n + Fraction(1, 2)).__floor__())
+
+
 @dataclass(frozen=True)
 class ResolvedPruning(Node):
     """A pruning schedule on concrete steps (what the plan stores and the executor compiles).

@@ -22,7 +22,7 @@ from capidsl.recipe.schema import BUILTIN_FAMILIES
 from capidsl.recipe.schema import locate as schema_locate
 from capidsl.recipe.sections import (
     CheckpointConfig, DataConfig, EvalConfig, ExportConfig, FrozenMap, KeepBest, LoggingConfig,
-    MeshConfig, ModelConfig, OptimizerConfig, PrecisionConfig, StopConfig, TrainingConfig, build,
+    MeshConfig, ModelConfig, OptimizerConfig, PrecisionConfig, PruningConfig, StopConfig, TrainingConfig, build,
 )
 from capidsl.recipe.yaml12 import Document
 
@@ -33,6 +33,7 @@ FULL = PrecisionConfig()
 LANGUAGE_FIELDS: dict[tuple, str] = {
     ("training", "duration"): "duration",
     ("schedule",): "schedule",
+    ("pruning", "schedule"): "pruning",
     ("stop", "when"): "stop_rule",
     ("eval", "every"): "cadence",
     ("checkpoint", "every"): "cadence",
@@ -60,6 +61,7 @@ def parse_language(doc: Document) -> tuple[dict[tuple, Any], list[Problem]]:
     parsers = {
         "duration": lang.parse_duration, "schedule": lang.parse_schedule, "cadence": lang.parse_cadence,
         "stop_rule": lambda text: lang.parse_stop_rule(text, directions=directions),
+        "pruning": lang.parse_pruning,
     }
     for path, kind in LANGUAGE_FIELDS.items():
         text = _get(doc.data, path)
@@ -127,6 +129,7 @@ def sections(data: dict, parsed: dict[tuple, Any]) -> dict[str, Any]:
         "training": build(TrainingConfig, t, duration=duration),
         "optimizer": build(OptimizerConfig, data["optimizer"]),
         "schedule": schedule,
+        "pruning": build(PruningConfig, data["pruning"], schedule=parsed.get(("pruning", "schedule"))),
         "stop": build(StopConfig, s, when=when),
         "eval": build(EvalConfig, data["eval"], every=eval_every),
         "checkpoint": build(CheckpointConfig, c, every=checkpoint_every,

@@ -14,7 +14,7 @@ from capidsl.recipe.errors import Location, Problem, RecipeError
 from capidsl.recipe.language import value_location
 from capidsl.recipe.sections import (
     CheckpointConfig, DataConfig, EvalConfig, ExportConfig, LoggingConfig, MeshConfig, ModelConfig,
-    OptimizerConfig, PrecisionConfig, StopConfig, TrainingConfig,
+    OptimizerConfig, PrecisionConfig, PruningConfig, StopConfig, TrainingConfig,
 )
 from capidsl.recipe.yaml12 import Document
 
@@ -37,6 +37,7 @@ class Recipe:
     training: TrainingConfig
     optimizer: OptimizerConfig
     schedule: Schedule
+    pruning: PruningConfig
     stop: StopConfig
     eval: EvalConfig
     checkpoint: CheckpointConfig

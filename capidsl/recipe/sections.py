@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from capidsl.lang import Cadence, Duration, StopRule
+from capidsl.lang import Cadence, Duration, PruningSchedule, StopRule
 
 
 class FrozenMap(Mapping):
@@ -116,6 +116,15 @@ class OptimizerConfig:
     weight_decay: float
     momentum: float
     nesterov: bool
+
+
+@dataclass(frozen=True)
+class PruningConfig:
+    """`pruning:` — `schedule` parsed (None = no pruning), magnitude ranking per layer or global."""
+
+    schedule: PruningSchedule | None
+    scope: str
+    embeddings: bool
 
 
 @dataclass(frozen=True)

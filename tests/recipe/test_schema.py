@@ -17,7 +17,7 @@ MODEL = "model: {family: gpt, vocab_size: 256, seq_len: 64, d_model: 64, n_layer
 SECTION_CLASSES = {
     "data": S.DataConfig, "training": S.TrainingConfig, "optimizer": S.OptimizerConfig, "stop": S.StopConfig,
     "eval": S.EvalConfig, "checkpoint": S.CheckpointConfig, "mesh": S.MeshConfig, "precision": S.PrecisionConfig,
-    "export": S.ExportConfig, "logging": S.LoggingConfig,
+    "export": S.ExportConfig, "logging": S.LoggingConfig, "pruning": S.PruningConfig,
 }
 
 
@@ -61,7 +61,7 @@ def test_every_object_is_closed_and_every_property_described():
 def test_sections_and_keys_are_the_architecture_ones():
     props = schema()["properties"]
     assert list(props) == ["name", "description", "extends", "run_dir", "model", "data", "training", "optimizer",
-                           "schedule", "stop", "eval", "checkpoint", "mesh", "precision", "export", "logging"]
+                           "schedule", "pruning", "stop", "eval", "checkpoint", "mesh", "precision", "export", "logging"]
     seed_training = {"batch_size", "learning_rate", "num_epochs", "early_stopping_patience", "checkpoint_frequency",
                      "seed", "mixed_precision", "gradient_accumulation_steps"}
     assert seed_training <= set(props["training"]["properties"])
