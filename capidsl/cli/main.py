@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # the disk or the network said no, below every stage's own checks
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"{where}{err.strerror or err} (errno {err.errno})" if err.errno else f"{where}{err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -11,16 +12,27 @@ from capidsl.errors import UsageError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("target", metavar="RECIPE_OR_PLAN", help="a recipe (.yaml) or a compiled plan (.json)")
-    p.add_argument("--run-dir", metavar="DIR", help="where checkpoints and metrics go (default: the recipe's run_dir)")
+    p.add_argument("target", metavar="RECIPE_OR_PLAN", help="a recipe (.yaml) or a compiled plan (.json), local or gs://")
+    p.add_argument("--run-dir", metavar="DIR", help="where checkpoints and metrics go, a local path or gs://bucket/prefix "
+                   "(default: the recipe's run_dir)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key, e.g. --set training.batch_size=64 (repeatable)")
     p.add_argument("--steps", type=int, metavar="N",
                    help="end after N optimizer steps in total (checkpointed, so a later --steps M continues)")
+    multi = p.add_argument_group("multi-host (not needed under SLURM, Open MPI, Cloud TPU or Kubernetes: JAX reads "
+                                 "their environment)")
+    multi.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address, the same for every process")
+    multi.add_argument("--num-processes", type=int, metavar="N", help="how many processes (hosts) the run has")
+    multi.add_argument("--process-id", type=int, metavar="I", help="this process's number, 0 to N-1")
 
 
 def load_plan(target: str, overrides: list[str]):
     """A Plan from a plan.json as is, or compiled from a recipe with its --set overrides."""
+    if target.startswith("gs://"):  # read from a downloaded copy (a recipe with the files its extends names)
+        from capidsl.export.gcs import GsUrl
+        from capidsl.export.workdir import fetch_file, fetch_recipe
+
+        target = str(fetch_file(GsUrl.parse(target)) if target.endswith(".json") else fetch_recipe(target))
     path = Path(target)
     if path.suffix == ".json":
         if overrides:
@@ -41,13 +53,28 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {message}", file=sys.stderr)
 
 
+class _OneLine(logging.Filter):
+    """orbax logs a failed background save with its traceback; the run reports it as a RunError
+    with the step and the intact checkpoints, so the log keeps only the one-line message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
 def run(args: argparse.Namespace) -> int:
     if args.steps is not None and args.steps < 1:
         raise UsageError("--steps must be a positive number of optimizer steps")
+    from capidsl.exec import distributed
+
+    # Join the other processes before anything asks JAX for devices: the plan is compiled for all of them.
+    distributed.initialize(distributed.resolve(args.coordinator, args.num_processes, args.process_id))
     plan = load_plan(args.target, args.overrides)
     from capidsl.exec.loop import describe, run as run_plan
 
     warnings.showwarning = _show_warning  # RunWarnings as one line each, not Python's file:line form
+    logging.getLogger("absl").addFilter(_OneLine())
     summary = run_plan(plan, args.run_dir, max_steps=args.steps)
-    print(describe(summary))
+    if distributed.is_primary():
+        print(describe(summary))
     return 0
