@@ -53,26 +53,35 @@ def decode_record(d: dict[str, Any]) -> Record:
                   metrics={k: float(v) for k, v in d["metrics"].items()})
 
 
-class Window:
-    """Per-step losses summed on the device since the last log line, plus host-side timings."""
+# Step metrics summed over a log window (tokens of variable-size batches: the padding fraction).
+WINDOW_SUMS = ("real_tokens", "padded_tokens")
 
-    def __init__(self, loss_sum: float = 0.0, count: int = 0):
+
+class Window:
+    """Per-step losses (and WINDOW_SUMS) summed on the device since the last log line, plus timings."""
+
+    def __init__(self, loss_sum: float = 0.0, count: int = 0, sums: dict[str, float] | None = None):
         self.loss_sum = jnp.asarray(loss_sum, jnp.float32)
         self.count = count
+        self.sums = {k: jnp.asarray(v, jnp.float32) for k, v in (sums or {}).items()}
         self.wait_s = 0.0
         self.started = time.perf_counter()
 
-    def add(self, loss: jax.Array, wait_s: float) -> None:
+    def add(self, loss: jax.Array, wait_s: float, metrics: dict[str, jax.Array] | None = None) -> None:
         self.loss_sum = self.loss_sum + loss  # dispatched, not waited for
         self.count += 1
         self.wait_s += wait_s
+        for k in WINDOW_SUMS:
+            if metrics is not None and k in metrics:
+                self.sums[k] = self.sums.get(k, jnp.zeros((), jnp.float32)) + metrics[k]
 
     def mean_loss(self) -> float:
         return float(self.loss_sum) / max(1, self.count)
 
     def to_json(self) -> dict[str, Any]:
         """The exact float32 sum (repr of a float32 value is exact in JSON) and its count."""
-        return {"loss_sum": json_number(float(self.loss_sum)), "count": self.count}
+        return {"loss_sum": json_number(float(self.loss_sum)), "count": self.count,
+                "sums": {k: json_number(float(v)) for k, v in self.sums.items()}}
 
 
 class Signals:
@@ -150,6 +159,11 @@ def train_row(plan: Plan, step: int, window: Window, metrics: dict[str, jax.Arra
     }
     if "loss_scale" in metrics:
         row["loss_scale"] = float(metrics["loss_scale"])
+    if "sparsity" in metrics:  # pruning: the share of pruned weights that are zero after this step
+        row["sparsity"] = float(metrics["sparsity"])
+    if "padded_tokens" in window.sums:  # variable-size batches: padding over the window's positions
+        padded, real = float(window.sums["padded_tokens"]), float(window.sums["real_tokens"])
+        row["padding_fraction"] = padded / max(padded + real, 1.0)
     return row
 
 
@@ -237,7 +251,8 @@ def _run(plan: Plan, run_dir, *, max_steps: int | None, stdout_is_tty: bool | No
         state, step = restored.state, restored.step
         history = [decode_record(r) for r in meta["history"]]
         train_time = float(meta["loop"]["train_time_s"])
-        window = Window(float(meta["loop"]["window"]["loss_sum"]), int(meta["loop"]["window"]["count"]))
+        window = Window(float(meta["loop"]["window"]["loss_sum"]), int(meta["loop"]["window"]["count"]),
+                        meta["loop"]["window"].get("sums"))
         loader.set_state(decode_loader_state(meta["loader"]))
         resumed_from = step
         progress.note(f"resuming {run_dir} from step {step}" + (f" with changes: {'; '.join(notes)}" if notes else ""))
@@ -293,7 +308,7 @@ def _run(plan: Plan, run_dir, *, max_steps: int | None, stdout_is_tty: bool | No
             wait = time.perf_counter() - t0
             state, last_metrics = train_step(state, _to_device(plan, mesh, local))
             step += 1
-            window.add(last_metrics["loss"], wait)
+            window.add(last_metrics["loss"], wait, last_metrics)
             ckpts.poll()
             now = lambda: train_time + (time.perf_counter() - segment_start)  # noqa: E731
 

@@ -50,7 +50,8 @@ def decay_mask(plan: Plan):
 
 
 def make_optimizer(plan: Plan, schedule: optax.Schedule | None = None) -> optax.GradientTransformation:
-    """clip_by_global_norm (when the plan clips) → the plan's optimizer, with its learning-rate schedule.
+    """clip_by_global_norm (when the plan clips) → the plan's optimizer, with its learning-rate schedule
+    → magnitude pruning (when the plan prunes; capidsl/exec/pruning.py).
 
     adamw, lion and adafactor decay weights the decoupled way (their own argument); adam and sgd
     have none, so their decay is the classic L2 one (added to the gradient before the update, as
@@ -78,6 +79,9 @@ def make_optimizer(plan: Plan, schedule: optax.Schedule | None = None) -> optax.
         raise RunError(f"unknown optimizer {o.name!r}", subject="optimizer.name",
                        hint="one of adamw, adam, sgd, adafactor, lion")
 
-    if o.grad_clip is not None:
-        return optax.chain(optax.clip_by_global_norm(o.grad_clip), core)
-    return core
+    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), core) if o.grad_clip is not None else core
+    if plan.pruning is not None:  # last in the chain: it rewrites the final update of masked weights
+        from capidsl.exec.pruning import magnitude_pruning
+
+        tx = optax.chain(tx, magnitude_pruning(plan))
+    return tx

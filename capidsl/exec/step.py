@@ -21,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from capidsl.exec.mesh import to_partition_spec
 from capidsl.exec.optimizer import learning_rate, make_optimizer
 from capidsl.exec.precision import next_loss_scale, scale_loss, unscale_grads
+from capidsl.exec.pruning import achieved_sparsity
 from capidsl.exec.state import TrainState, abstract_state, model_family
 from capidsl.plan.plan import Plan
 
@@ -82,8 +83,8 @@ def _sum_grads(params, micro: Batch, loss_fn: Callable, chunks: int, key: jax.Ar
 def make_train_step(plan: Plan, mesh: Mesh, graphdef: nnx.GraphDef):
     """step(state, batch) -> (state, metrics): one jitted pure function with donated state.
 
-    Metrics are device scalars: loss (mean over real tokens), grad_norm, lr, weight_sum, and
-    loss_scale where the plan scales the loss. A step whose loss or gradient is not finite leaves
+    Metrics are device scalars: loss (mean over real tokens), grad_norm, lr, weight_sum, loss_scale
+    where the plan scales the loss, and sparsity (zeros among the pruned weights) where it prunes. A step whose loss or gradient is not finite leaves
     parameters and optimizer state untouched (fp16 overflow then halves the loss scale).
     """
     fam, _ = model_family(plan)
@@ -126,6 +127,8 @@ def make_train_step(plan: Plan, mesh: Mesh, graphdef: nnx.GraphDef):
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": jnp.asarray(lr(state.step), jnp.float32), "weight_sum": wsum}
         if prec.loss_scale != "none":
             metrics["loss_scale"] = state.loss_scale.scale
+        if plan.pruning is not None:
+            metrics["sparsity"] = achieved_sparsity(plan, new_state.params)
         return new_state, metrics
 
     return jax.jit(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from capidsl.data.describe import describe
 from capidsl.lang import LangError
 from capidsl.lang.stop import Stalls, direction_of, walk
-from capidsl.plan import batching, flops, lints, memory
+from capidsl.plan import batching, flops, lints, memory, pruning
 from capidsl.plan.errors import PlanError
 from capidsl.plan.mesh import layout
 from capidsl.plan.plan import (
@@ -77,12 +77,14 @@ def compile_plan(recipe, topology: Topology | None = None) -> Plan:
     # -- batching ------------------------------------------------------------------------------------
     dp = mesh.data_parallel
     o = recipe.optimizer
+    state_bytes = pruning.mask_bytes(pruning.pruned_params(sharding, recipe.pruning.embeddings)) \
+        if recipe.pruning.schedule is not None else 0
 
     def estimate(micro: int, accumulation: int):
         return memory.estimate(family=fam, cfg=cfg, sharding=sharding, mesh=mesh, optimizer=o.name, momentum=o.momentum,
                                micro_batch=micro, rows_per_device=micro * accumulation,
                                batch_shapes=fam.batch_shapes(cfg, 1), compute_dtype=precision.compute_dtype,
-                               remat=t.remat, device_memory=topology.memory_per_device)
+                               remat=t.remat, device_memory=topology.memory_per_device, state_bytes=state_bytes)
 
     micro, accumulation = batching.derive(
         t.batch_size, t.micro_batch, t.gradient_accumulation_steps, dp,
@@ -128,6 +130,7 @@ def compile_plan(recipe, topology: Topology | None = None) -> Plan:
         schedule = recipe.schedule.resolve(total_steps, steps_per_epoch, tokens_per_step)
     except LangError as err:
         raise _lang_error(err, "schedule", where) from None
+    prune = pruning.plan_pruning(recipe.pruning, sharding, total_steps, steps_per_epoch, tokens_per_step, where)
 
     def steps_of(cadence, key):
         if cadence is None:
@@ -179,7 +182,7 @@ def compile_plan(recipe, topology: Topology | None = None) -> Plan:
         logging=LoggingPlan(tensorboard=bool(recipe.logging.tensorboard), progress=recipe.logging.progress),
         export=ExportPlan(format=recipe.export.format, opset=int(recipe.export.opset),
                           tolerance=float(recipe.export.tolerance), path=recipe.export.path),
-        lints=tuple(mesh_lints + found),
+        lints=tuple(mesh_lints + found), pruning=prune,
     )
 
 

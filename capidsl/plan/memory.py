@@ -35,8 +35,11 @@ def optimizer_state_bytes(name: str, momentum: float, sharding: ShardingPlan, me
 
 def estimate(*, family, cfg: dict, sharding: ShardingPlan, mesh: MeshPlan, optimizer: str, momentum: float,
              micro_batch: int, rows_per_device: int, batch_shapes: dict, compute_dtype: str, remat: str,
-             device_memory: int) -> MemoryEstimate:
-    """The estimate for one device holding `micro_batch` rows per micro-step and `rows_per_device` per step."""
+             device_memory: int, state_bytes: int = 0) -> MemoryEstimate:
+    """The estimate for one device holding `micro_batch` rows per micro-step and `rows_per_device` per step.
+
+    `state_bytes`: training state besides parameters and optimizer moments (pruning masks, a carried
+    recurrent state), per device."""
     params = sum(p.bytes_per_device for p in sharding.params)
     opt = optimizer_state_bytes(optimizer, momentum, sharding, mesh)
     compute_bytes = np.dtype(compute_dtype).itemsize if compute_dtype != "bfloat16" else 2
@@ -51,9 +54,9 @@ def estimate(*, family, cfg: dict, sharding: ShardingPlan, mesh: MeshPlan, optim
     for shape, dtype in batch_shapes.values():
         row = math.prod(shape[1:]) * np.dtype(dtype).itemsize
         batch += row * rows_per_device
-    total = 2 * params + opt + activations + batch
+    total = 2 * params + opt + activations + batch + state_bytes
     formula = (f"activations = {layers} layers × per-layer({remat}) / tensor {tensor} + logits "
                f"(Korthikanti et al. 2022, generalised per saved tensor; see capidsl/models)")
     return MemoryEstimate(params=params, grads=params, opt_state=opt, activations=activations, batch=batch,
                           total=total, device_memory=device_memory, fits=total <= device_memory,
-                          activation_formula=formula)
+                          activation_formula=formula, state=state_bytes)

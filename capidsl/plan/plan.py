@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from capidsl.lang.ast import ResolvedSchedule, StopRule
+from capidsl.lang.ast import ResolvedPruning, ResolvedSchedule, StopRule
 from capidsl.plan.frozen import canonical_json, content_hash, from_jsonable, to_jsonable
 
 PLAN_VERSION = 1
@@ -242,6 +242,7 @@ class MemoryEstimate:
     fits: bool
     activation_formula: str
     compiled: tuple[tuple[str, int], ...] = ()  # XLA memory_analysis figures when `plan --compile` ran
+    state: int = 0  # other training state: pruning masks, a carried recurrent state (included in total)
 
     @property
     def headroom(self) -> int:
@@ -255,6 +256,18 @@ class FlopsEstimate:
     assumed_mfu: float
     step_time_s: float  # per step at assumed_mfu on this topology
     formula: str
+
+
+@dataclass(frozen=True)
+class PruningPlan:
+    """Magnitude pruning: the schedule on concrete steps, the ranking scope, the weights it covers."""
+
+    schedule: ResolvedPruning
+    scope: str  # per_layer | global
+    params: tuple[str, ...]  # paths of the pruned parameters
+    weights: int  # scalars in those parameters
+    groups: int  # sets of weights ranked together (per matrix and layer, or 1 for global)
+    final_zeros: int  # weights that are exactly zero after the last event
 
 
 @dataclass(frozen=True)
@@ -295,6 +308,7 @@ class Plan:
     logging: LoggingPlan
     export: ExportPlan
     lints: tuple[Lint, ...] = field(default=())
+    pruning: PruningPlan | None = None
 
     def to_json(self) -> dict[str, Any]:
         return to_jsonable(self)

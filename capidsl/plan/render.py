@@ -48,6 +48,18 @@ def param_rows(plan: Plan):
         yield pattern, len(ps), shape, axes, spec, sum(math.prod(p.shape) for p in ps), sum(p.bytes_per_device for p in ps)
 
 
+def pruning_text(plan: Plan) -> str:
+    """The sparsity schedule: events, the target at a few of them, and the zeros reached at the end."""
+    pr = plan.pruning
+    s = pr.schedule
+    events = s.events()
+    shown = events if len(events) <= 6 else [events[round(i * (len(events) - 1) / 5)] for i in range(6)]
+    curve = " → ".join(f"{float(s.sparsity_at(e)):.1%} @{e}" for e in shown)
+    return (f"pruning {s.text}\n  {len(events)} mask updates, steps {events[0]}–{events[-1]}: {curve}\n"
+            f"  {pr.scope} over {len(pr.params)} parameters ({pr.groups} groups, {human_count(pr.weights)} weights): "
+            f"{pr.final_zeros:,} zeros ({pr.final_zeros / pr.weights:.2%}) from step {s.end_step}")
+
+
 def render(plan: Plan) -> Group:
     t = plan.topology
     c = plan.cadence
@@ -85,11 +97,14 @@ def render(plan: Plan) -> Group:
                         f"{human_bytes(m.total)} of {human_bytes(m.device_memory)}  ", verdict,
                         f"  headroom {human_bytes(m.headroom)}")
     parts = Text(f"  params {human_bytes(m.params)}  grads {human_bytes(m.grads)}  optimizer {human_bytes(m.opt_state)}  "
-                 f"activations {human_bytes(m.activations)}  batch {human_bytes(m.batch)}\n  {m.activation_formula}")
+                 f"activations {human_bytes(m.activations)}  batch {human_bytes(m.batch)}"
+                 + (f"  state {human_bytes(m.state)}" if m.state else "") + f"\n  {m.activation_formula}")
     f = plan.flops
     cost = Text(f"FLOPs {f.flops_per_token:.3g}/token, {f.flops_per_step:.3g}/step; ~{f.step_time_s:.3g} s/step at "
                 f"{f.assumed_mfu:.0%} MFU ({f.formula})")
     items = [head, topo, batching, cad, table, bar, parts, cost]
+    if plan.pruning is not None:
+        items.insert(4, Text(pruning_text(plan)))
     if m.compiled:
         compiled = dict(m.compiled)
         items.append(Text("compiled (XLA, per device): " + "  ".join(f"{k} {human_bytes(v)}" for k, v in m.compiled)))
