@@ -152,8 +152,11 @@ class Checkpoints:
     """
 
     def __init__(self, run_dir: str | os.PathLike, plan: CheckpointPlan, *, best_metric: str | None = None,
-                 best_mode: str = "min", best_n: int = 0):
+                 best_mode: str = "min", best_n: int = 0, on_commit: Callable[[int, Path], None] | None = None):
         self.run_dir = Path(run_dir).absolute()
+        # Called (from the manifest thread) once a step is committed and its manifest written: the
+        # hook for uploaders, which must never see a partial checkpoint. It must return at once.
+        self._on_commit = on_commit
         self.directory = self.run_dir / "checkpoints"
         self.plan = plan
         # keep-best: the plan's own metric, else the one restore_best needs (given by the loop).
@@ -244,6 +247,8 @@ class Checkpoints:
             tmp = step_dir / (MANIFEST + ".tmp")
             tmp.write_text(body)
             os.replace(tmp, step_dir / MANIFEST)
+            if self._on_commit is not None:
+                self._on_commit(step, step_dir)
         except OSError as err:
             if step_dir.is_dir():  # not just removed by keep-N while we were reading it
                 warnings.warn(f"no manifest for checkpoint {step_dir}: {err}", CheckpointWarning, stacklevel=1)

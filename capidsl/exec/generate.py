@@ -23,8 +23,11 @@ from capidsl.exec.state import abstract_state, model_family
 from capidsl.plan.plan import Plan
 
 
-def load_run(run_dir: str | Path) -> tuple[Plan, nnx.GraphDef, Any, int]:
-    """(plan, graphdef, params on one device, the step they come from) for a finished or running run."""
+def load_run(run_dir: str | Path, step: int | None = None) -> tuple[Plan, nnx.GraphDef, Any, int]:
+    """(plan, graphdef, params on one device, the step they come from) for a finished or running run.
+
+    `step` picks a checkpoint; by default the run's final weights (summary.json's params_step,
+    else the newest checkpoint)."""
     run_dir = Path(run_dir)
     plan_path = run_dir / "plan.json"
     if not plan_path.exists():
@@ -38,6 +41,11 @@ def load_run(run_dir: str | Path) -> tuple[Plan, nnx.GraphDef, Any, int]:
         steps = ckpts.steps()
         if not steps:
             raise RunError(f"{run_dir} has no checkpoint yet", subject=str(run_dir), hint="train first: capidsl run ...")
+        if step is not None:
+            if step not in steps:
+                raise RunError(f"{run_dir} has no checkpoint of step {step}", subject=str(run_dir),
+                               hint=f"its checkpoints: steps {', '.join(map(str, steps))}")
+            return plan, graphdef, ckpts.restore_state(step, abstract).params, step
         step = steps[-1]
         summary = run_dir / "summary.json"
         if summary.exists():

@@ -211,13 +211,24 @@ def run(plan: Plan, run_dir: str | Path | None = None, *, max_steps: int | None 
 
     SIGTERM/SIGINT are caught from the start (a signal during start-up or compilation ends the run
     after its first step, checkpointed), and the previous handlers are put back at the end.
+    A gs://bucket/prefix run directory trains in a local working copy that is uploaded in the
+    background as checkpoints commit (capidsl/export/remote_run.py).
     """
     signals = Signals()
+    target = str(run_dir if run_dir is not None else plan.run_dir)
     with signals.installed():
+        if target.startswith("gs://"):
+            from capidsl.export.remote_run import mirrored_run_dir
+
+            with mirrored_run_dir(target) as remote:
+                summary = _run(plan, remote.local_dir, max_steps=max_steps, stdout_is_tty=stdout_is_tty,
+                               signals=signals, uploader=remote.mirror)
+                return remote.finish(summary)
         return _run(plan, run_dir, max_steps=max_steps, stdout_is_tty=stdout_is_tty, signals=signals)
 
 
-def _run(plan: Plan, run_dir, *, max_steps: int | None, stdout_is_tty: bool | None, signals: Signals) -> Summary:
+def _run(plan: Plan, run_dir, *, max_steps: int | None, stdout_is_tty: bool | None, signals: Signals,
+         uploader=None) -> Summary:
     from capidsl.data import train_loader
 
     wall_start = time.perf_counter()
@@ -230,9 +241,12 @@ def _run(plan: Plan, run_dir, *, max_steps: int | None, stdout_is_tty: bool | No
     graphdef, abstract = abstract_state(plan, mesh)
     best_metric, best_mode = _best_metric(plan)
     ckpts = Checkpoints(run_dir, plan.checkpoint, best_metric=best_metric, best_mode=best_mode,
-                        best_n=1 if best_metric else 0)
+                        best_n=1 if best_metric else 0,
+                        on_commit=uploader.checkpoint_committed if uploader is not None else None)
     writer = MetricsWriter(run_dir, tensorboard=plan.logging.tensorboard)
     progress = Progress(plan.logging.progress, total_steps=end_step, stdout_is_tty=stdout_is_tty)
+    for note in getattr(uploader, "notes", ()):  # a gs:// run directory: its working copy, what was downloaded
+        progress.note(note)
     loader = _iterator(train_loader(plan.data, global_batch=plan.batch.global_batch,
                                     process_index=jax.process_index(), process_count=jax.process_count()))
 
@@ -315,6 +329,8 @@ def _run(plan: Plan, run_dir, *, max_steps: int | None, stdout_is_tty: bool | No
             stop = False
             if _every(cad.log_every, step):
                 row = train_row(plan, step, window, last_metrics)
+                if uploader is not None:  # a gs:// run directory: uploads_pending, upload_failures
+                    row.update(uploader.log_fields())
                 writer.log(row)
                 progress.update(row)
                 last_row = row
@@ -387,6 +403,10 @@ def _run(plan: Plan, run_dir, *, max_steps: int | None, stdout_is_tty: bool | No
         warnings=tuple(str(w.message) for w in caught),
     )
     summary.write(run_dir)
+    if plan.export.format != "none" and not resumable:  # the run has ended for good: export its final weights
+        from capidsl.export.run_export import export_at_end
+
+        summary = export_at_end(plan, run_dir, params, params_step, summary)
     return summary
 
 
@@ -397,4 +417,13 @@ def describe(summary: Summary) -> str:
     if summary.best:
         lines.append(f"best {summary.best['metric']} {summary.best['value']:.4f} at step {summary.best['step']}")
     lines.append(f"params_sha256 {summary.params_sha256[:16]}… (step {summary.params_step}); summary in {summary.run_dir}/summary.json")
+    if summary.export:
+        from capidsl.export.run_export import describe_export
+
+        lines.append(describe_export(summary.export))
+    if summary.storage:
+        s = summary.storage
+        lines.append(f"{s['url']}: {s['uploaded_files']} files ({s['uploaded_bytes'] / 2**20:.2f} MiB) uploaded in "
+                     f"{s['upload_s']:.1f} s, {s['upload_failures']} failed attempts"
+                     + ("; complete" if s["complete"] else f"; NOT complete: run `{s['sync_command']}`"))
     return "\n".join(lines)

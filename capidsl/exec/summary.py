@@ -76,6 +76,8 @@ class Summary:
     checkpoint_steps: tuple[int, ...]
     memory: dict[str, Any]  # predicted per-device bytes (plan.memory) beside the measured peaks
     warnings: tuple[str, ...] = field(default=())
+    export: dict[str, Any] = field(default_factory=dict)  # the verified export (capidsl.export.onnx.OnnxExport), if any
+    storage: dict[str, Any] = field(default_factory=dict)  # a gs:// run directory's uploads (capidsl.export.mirror)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
