@@ -67,5 +67,5 @@ def check_resume(plan: Plan, meta: dict[str, Any]) -> list[str]:
             "for a fresh run (safe to change on resume: " + ", ".join(RESUME_SAFE) + ")",
         )
     safe = json_diff({k: old.get(k) for k in RESUME_SAFE if k in old}, {k: new.get(k) for k in RESUME_SAFE if k in old})
-    ignore = ("memory", "flops", "lints", "topology", "run_dir")
+    ignore = ("memory", "flops", "comms", "lints", "topology", "run_dir")
     return [f"{p}: {_short(a)} → {_short(b)}" for p, a, b in safe if p.split(".")[0].split("[")[0] not in ignore]

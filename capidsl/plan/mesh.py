@@ -48,3 +48,43 @@ def layout(sizes: dict[str, int], topology: Topology, location=None) -> tuple[Me
 
 def describe(mesh: MeshPlan) -> str:
     return " × ".join(f"{a}={s}" for a, s in zip(mesh.axes, mesh.shape))
+
+
+def batch_blocks(mesh: MeshPlan, topology: Topology, location=None) -> int:
+    """Into how many distinct blocks of rows the processes split each global batch.
+
+    Devices are numbered process by process and the mesh is laid out data, fsdp, tensor, so the
+    batch shards (one per data×fsdp position) run along the devices in groups of `tensor`. With
+    `tensor` dividing a host's devices every process holds whole shards of its own (one block per
+    process); with a tensor group spanning several hosts those hosts are replicas and load the same
+    rows (one block per data-parallel shard). Anything in between would give processes overlapping
+    rows, which no per-process loader can deliver: an error.
+    """
+    procs, per_host, tensor = topology.process_count, topology.devices_per_process, mesh.size("tensor")
+    if procs == 1:
+        return 1
+    if per_host % tensor == 0:
+        return procs
+    if tensor % per_host == 0:
+        return mesh.data_parallel
+    raise PlanError(f"the tensor axis ({tensor}) neither divides nor spans whole hosts of {per_host} devices: "
+                    "processes would hold overlapping rows of each batch", subject="mesh.tensor", location=location,
+                    hint=f"make mesh.tensor a divisor or a multiple of {per_host}")
+
+
+def axes_across_hosts(mesh: MeshPlan, topology: Topology) -> tuple[str, ...]:
+    """The mesh axes whose device groups span more than one process, so their collectives use the network.
+
+    A group of axis i runs over `size_i × (sizes of the axes after it)` consecutive devices,
+    starting at a multiple of that span; it stays in one host exactly when the span divides the
+    devices of a host.
+    """
+    if topology.process_count == 1:
+        return ()
+    per_host = topology.devices_per_process
+    out = []
+    for i, (axis, size) in enumerate(zip(mesh.axes, mesh.shape)):
+        span = size * math.prod(mesh.shape[i + 1:])
+        if size > 1 and per_host % span:
+            out.append(axis)
+    return tuple(out)

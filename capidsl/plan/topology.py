@@ -83,7 +83,8 @@ def live(memory: int | None = None) -> Topology:
     platform = devices[0].platform
     kind = "cpu" if platform == "cpu" else _kind_of(devices[0].device_kind)
     if memory is None:
-        stats = devices[0].memory_stats() if hasattr(devices[0], "memory_stats") else None
+        local = jax.local_devices()[0]  # another process's devices report no memory statistics here
+        stats = local.memory_stats() if hasattr(local, "memory_stats") else None
         if stats and stats.get("bytes_limit"):
             memory = int(stats["bytes_limit"])
         elif platform == "cpu":  # fake CPU devices share the host's memory
