@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from capidsl.exec.checkpoint import CheckpointWarning, Checkpoints, decode_loader_state, encode_loader_state
+from capidsl.exec.distributed import preempted, process_rows, signals_to_catch
 from capidsl.exec.errors import RunError
 from capidsl.exec.mesh import build_mesh
 from capidsl.exec.metrics import MetricsWriter, device_peak_bytes, host_peak_rss_bytes, json_number
@@ -100,7 +101,7 @@ class Signals:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        old = {s: signal.signal(s, self._handle) for s in signals_to_catch()}
         try:
             yield self
         finally:
@@ -111,7 +112,9 @@ class Signals:
 def _to_device(plan: Plan, mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """This process's rows of the global batch → one global array per key, split as the plan says."""
     sharding = batch_sharding(plan, mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
+    rows = plan.batch.global_batch  # explicit: hosts that are replicas (a tensor axis across hosts) load the same rows
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v), (rows,) + np.shape(v)[1:])
+            for k, v in local.items()}
 
 
 class Evaluator:
@@ -127,8 +130,9 @@ class Evaluator:
         if self.batches is None:
             from capidsl.data import eval_batches
 
-            local = eval_batches(plan.data, global_batch=plan.batch.global_batch, process_index=jax.process_index(),
-                                 process_count=jax.process_count(), max_batches=plan.cadence.eval_batches)
+            block, blocks = process_rows(plan, self.mesh)
+            local = eval_batches(plan.data, global_batch=plan.batch.global_batch, process_index=block,
+                                 process_count=blocks, max_batches=plan.cadence.eval_batches)
             self.batches = [_to_device(plan, self.mesh, b) for b in local]
         if not self.batches:
             raise RunError("the validation split is empty", subject="eval", hint="raise data.validation_fraction")
@@ -247,8 +251,9 @@ def _run(plan: Plan, run_dir, *, max_steps: int | None, stdout_is_tty: bool | No
     progress = Progress(plan.logging.progress, total_steps=end_step, stdout_is_tty=stdout_is_tty)
     for note in getattr(uploader, "notes", ()):  # a gs:// run directory: its working copy, what was downloaded
         progress.note(note)
+    block, blocks = process_rows(plan, mesh)  # this process's rows of each global batch
     loader = _iterator(train_loader(plan.data, global_batch=plan.batch.global_batch,
-                                    process_index=jax.process_index(), process_count=jax.process_count()))
+                                    process_index=block, process_count=blocks))
 
     # -- init or resume --
     with warnings.catch_warnings(record=True) as caught:
@@ -324,6 +329,8 @@ def _run(plan: Plan, run_dir, *, max_steps: int | None, stdout_is_tty: bool | No
             step += 1
             window.add(last_metrics["loss"], wait, last_metrics)
             ckpts.poll()
+            if preempted(step) and signals.received is None:  # SIGTERM reached a process of a multi-host run
+                signals.received = "SIGTERM"
             now = lambda: train_time + (time.perf_counter() - segment_start)  # noqa: E731
 
             stop = False
