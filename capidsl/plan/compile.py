@@ -11,9 +11,9 @@ from __future__ import annotations
 from capidsl.data.describe import describe
 from capidsl.lang import LangError
 from capidsl.lang.stop import Stalls, direction_of, walk
-from capidsl.plan import batching, flops, lints, memory, pruning
+from capidsl.plan import batching, comms, flops, lints, memory, pruning
 from capidsl.plan.errors import PlanError
-from capidsl.plan.mesh import layout
+from capidsl.plan.mesh import batch_blocks, layout
 from capidsl.plan.plan import (
     PLAN_VERSION, Lint, BatchPlan, CadencePlan, CheckpointPlan, DataPlan, ExportPlan, LoggingPlan, ModelPlan,
     OptimizerPlan, Plan, PrecisionPlan, StopPlan, Topology, freeze_options,
@@ -91,12 +91,13 @@ def compile_plan(recipe, topology: Topology | None = None) -> Plan:
         fits=lambda m: estimate(m, t.batch_size // dp // m).fits, where=where)
     global_batch = t.batch_size
     tokens_per_step = global_batch * seq_len
-    if global_batch % topology.process_count:
-        raise PlanError(f"the global batch ({global_batch}) does not split over {topology.process_count} processes",
+    blocks = batch_blocks(mesh, topology, where("mesh"))  # processes holding distinct rows of each batch
+    if global_batch % blocks:
+        raise PlanError(f"the global batch ({global_batch}) does not split over {blocks} processes",
                         subject="training.batch_size", location=where("training.batch_size"))
     batch = BatchPlan(global_batch=global_batch, micro_batch=micro, accumulation=accumulation, data_parallel=dp,
                       seq_len=seq_len, tokens_per_step=tokens_per_step,
-                      per_process_batch=global_batch // topology.process_count)
+                      per_process_batch=global_batch // blocks)
 
     # -- data and run length ---------------------------------------------------------------------------
     d = recipe.data
@@ -168,6 +169,7 @@ def compile_plan(recipe, topology: Topology | None = None) -> Plan:
                           f"the estimate ({mem.total / 2**30:.2f} GiB per device) exceeds the device memory "
                           f"({mem.device_memory / 2**30:.2f} GiB)", None))
     flop = flops.estimate(fam, cfg, tokens_per_step, topology, precision.compute_dtype)
+    traffic = comms.estimate(sharding, mesh, batch, topology, precision.compute_dtype)
 
     return Plan(
         version=PLAN_VERSION, name=recipe.name or "recipe", seed=int(t.seed), run_dir=recipe.run_dir or "runs/recipe",
@@ -182,7 +184,7 @@ def compile_plan(recipe, topology: Topology | None = None) -> Plan:
         logging=LoggingPlan(tensorboard=bool(recipe.logging.tensorboard), progress=recipe.logging.progress),
         export=ExportPlan(format=recipe.export.format, opset=int(recipe.export.opset),
                           tolerance=float(recipe.export.tolerance), path=recipe.export.path),
-        lints=tuple(mesh_lints + found), pruning=prune,
+        lints=tuple(mesh_lints + found), pruning=prune, comms=traffic,
     )
 
 

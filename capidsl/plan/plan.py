@@ -278,9 +278,28 @@ class Lint:
     location: str | None = None  # file:line:col when known
 
 
+@dataclass(frozen=True)
+class CommsEstimate:
+    """Bytes each device sends per optimizer step, by collective; analytic (see capidsl/plan/comms.py)."""
+
+    fsdp_all_gather: int  # parameters gathered over the axes that split them (forward and backward)
+    fsdp_reduce_scatter: int  # their gradients summed and left sharded
+    data_all_reduce: int  # gradients summed over the batch axes that replicate them
+    tensor_all_reduce: int  # activations summed over the tensor axis: every layer and the rest of the model
+    tensor_per_layer: int  # ... in one of the stacked layers
+    layers: int
+    across_hosts: tuple[str, ...]  # mesh axes whose groups span several processes: their traffic uses the network
+    formula: str
+
+    @property
+    def total(self) -> int:
+        return self.fsdp_all_gather + self.fsdp_reduce_scatter + self.data_all_reduce + self.tensor_all_reduce
+
+
 # Fields that may differ between a checkpoint's plan and a resuming plan without breaking exactness
 # of what has been computed so far; they are excluded from the fingerprint.
-RESUME_SAFE = ("name", "run_dir", "cadence", "schedule", "stop", "logging", "export", "lints", "checkpoint", "flops", "memory", "topology")
+RESUME_SAFE = ("name", "run_dir", "cadence", "schedule", "stop", "logging", "export", "lints", "checkpoint", "flops", "memory", "topology",
+               "comms")
 
 
 @dataclass(frozen=True)
@@ -308,6 +327,7 @@ class Plan:
     logging: LoggingPlan
     export: ExportPlan
     lints: tuple[Lint, ...] = field(default=())
+    comms: CommsEstimate | None = None  # an estimate: not part of the fingerprint (RESUME_SAFE)
     pruning: PruningPlan | None = None
 
     def to_json(self) -> dict[str, Any]:
