@@ -60,6 +60,21 @@ def pruning_text(plan: Plan) -> str:
             f"{pr.final_zeros:,} zeros ({pr.final_zeros / pr.weights:.2%}) from step {s.end_step}")
 
 
+def comms_text(plan: Plan) -> str:
+    """Bytes each device sends per step, by collective (the terms that are not zero), and which axes use the network."""
+    c = plan.comms
+    terms = [(c.fsdp_all_gather, "FSDP all-gather"), (c.fsdp_reduce_scatter, "FSDP reduce-scatter"),
+             (c.data_all_reduce, "data all-reduce")]
+    parts = [f"{name} {human_bytes(n)}" for n, name in terms if n]
+    if c.tensor_all_reduce:
+        rest = c.tensor_all_reduce - c.tensor_per_layer * c.layers
+        parts.append(f"tensor all-reduce {human_bytes(c.tensor_per_layer)}/layer × {c.layers}"
+                     + (f" + {human_bytes(rest)}" if rest else "") + f" = {human_bytes(c.tensor_all_reduce)}")
+    where = f"; across hosts: {', '.join(c.across_hosts)}" if c.across_hosts else ""
+    return ("communication/device/step (estimate): " + ("; ".join(parts) if parts else "none") + where
+            + f"\n  {c.formula}")
+
+
 def render(plan: Plan) -> Group:
     t = plan.topology
     c = plan.cadence
@@ -105,6 +120,8 @@ def render(plan: Plan) -> Group:
     items = [head, topo, batching, cad, table, bar, parts, cost]
     if plan.pruning is not None:
         items.insert(4, Text(pruning_text(plan)))
+    if plan.comms is not None:
+        items.append(Text(comms_text(plan)))
     if m.compiled:
         compiled = dict(m.compiled)
         items.append(Text("compiled (XLA, per device): " + "  ".join(f"{k} {human_bytes(v)}" for k, v in m.compiled)))
