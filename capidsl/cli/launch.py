@@ -24,6 +24,7 @@ from capidsl.errors import UsageError
 GPU_KINDS = ("a100-40g", "a100-80g", "h100", "h200")
 TPU_KINDS = ("tpu-v4", "tpu-v5e", "tpu-v5p")
 K8S_PORT = 55527  # JAX's own default coordinator port for Kubernetes
+SHARED = "/shared"  # where a Kubernetes pod mounts the shared volume
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--partition", metavar="PARTITION", help="slurm: the partition to submit to")
     p.add_argument("--time", metavar="HH:MM:SS", default="24:00:00", help="slurm: the time limit (default 24:00:00)")
     p.add_argument("--image", metavar="IMAGE", help="kubernetes: a container image with capidsl installed")
+    p.add_argument("--volume", metavar="CLAIM",
+                   help=f"kubernetes: a ReadWriteMany PersistentVolumeClaim, mounted at {SHARED} in every pod, "
+                   f"for the run directory (default run directory {SHARED}/runs/NAME)")
     p.add_argument("--namespace", metavar="NS", help="kubernetes: the namespace (default: kubectl's)")
     p.add_argument("--out", metavar="FILE", help="write the file here instead of printing it")
 
@@ -91,8 +95,8 @@ def _header(plan, run_dir: str) -> list[str]:
     lines = [f"capidsl launch: {plan.name} (fingerprint {plan.fingerprint})",
              f"{t.process_count} hosts × {t.devices_per_process} {t.device_kind}; mesh {describe(m)}; "
              f"each host loads {b.per_process_batch} of the {b.global_batch} rows of a batch",
-             f"run directory {run_dir}: every process writes its checkpoint shards there, so it must be shared "
-             "(a network file system or gs://)"]
+             f"run directory {run_dir}: every process writes its checkpoint shards there, so it must be one "
+             "shared file system for all hosts"]
     if plan.comms is not None and plan.comms.across_hosts:
         from capidsl.plan.render import human_bytes
 
@@ -130,6 +134,9 @@ def kubernetes_manifest(plan, args, run_dir: str) -> str:
     if not args.image:
         raise UsageError("--cluster kubernetes needs --image: a container image with capidsl (and the recipe) inside")
     t = plan.topology
+    if t.process_count > 1 and not args.volume:
+        raise UsageError("a multi-host run needs a run directory every pod shares: give --volume CLAIM "
+                         "(a ReadWriteMany PersistentVolumeClaim)")
     name, port = job_name(args.name or plan.name), int(args.port or K8S_PORT)
     meta = {"name": name} | ({"namespace": args.namespace} if args.namespace else {})
     # Pods of an Indexed Job are named NAME-<index> and, with the headless Service as their subdomain,
@@ -151,13 +158,18 @@ def kubernetes_manifest(plan, args, run_dir: str) -> str:
     }
     if limits:
         container["resources"] = {"limits": limits}
+    volumes = []
+    if args.volume:
+        container["volumeMounts"] = [{"name": "shared", "mountPath": SHARED}]
+        volumes = [{"name": "shared", "persistentVolumeClaim": {"claimName": args.volume}}]
     service = {"apiVersion": "v1", "kind": "Service", "metadata": meta,
                "spec": {"clusterIP": "None", "selector": {"job-name": name},
                         "ports": [{"name": "coordinator", "port": port}]}}
     job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta,
            "spec": {"completionMode": "Indexed", "completions": t.process_count, "parallelism": t.process_count,
                     "backoffLimit": 0,  # one pod failing fails the run: resume it by applying the Job again
-                    "template": {"spec": {"subdomain": name, "restartPolicy": "Never", "containers": [container]}}}}
+                    "template": {"spec": {"subdomain": name, "restartPolicy": "Never", "containers": [container]}
+                                 | ({"volumes": volumes} if volumes else {})}}}
     head = "".join(f"# {x}\n" for x in _header(plan, run_dir))
     head += "# kubectl apply -f THIS_FILE; each pod runs one `capidsl run`, pod 0 is the coordinator.\n"
     return head + yaml.safe_dump_all([service, job], sort_keys=False, default_flow_style=False)
@@ -165,7 +177,11 @@ def kubernetes_manifest(plan, args, run_dir: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     plan = _plan(args)
-    run_dir = args.run_dir or plan.run_dir
+    run_dir = args.run_dir or (f"{SHARED}/runs/{job_name(args.name or plan.name)}" if args.cluster == "kubernetes"
+                               and args.volume else plan.run_dir)
+    if run_dir.startswith("gs://") and plan.topology.process_count > 1:
+        raise UsageError(f"--run-dir {run_dir}: a gs:// run directory serves a single-process run; a multi-host run "
+                         "writes its checkpoint shards to one shared file system")
     text = slurm_script(plan, args, run_dir) if args.cluster == "slurm" else kubernetes_manifest(plan, args, run_dir)
     if args.out:
         Path(args.out).write_text(text)

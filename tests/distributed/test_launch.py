@@ -56,7 +56,7 @@ def test_slurm_script_is_valid_bash_with_one_task_per_node(capsys, recipe, tmp_p
 
 def test_kubernetes_manifest_is_a_headless_service_and_an_indexed_job(capsys, recipe):
     text = launch(capsys, recipe, "--cluster", "kubernetes", "--devices", 16, "--device-kind", "a100-80g",
-                  "--image", "registry.example/capidsl:1", "--namespace", "ml", "--run-dir", "gs://bucket/launch")
+                  "--image", "registry.example/capidsl:1", "--namespace", "ml", "--volume", "team-share")
     service, job = list(yaml.safe_load_all(text))
     assert service["kind"] == "Service" and service["spec"]["clusterIP"] == "None"
     assert service["spec"]["selector"] == {"job-name": "launch-me"} and service["metadata"]["namespace"] == "ml"
@@ -75,14 +75,16 @@ def test_kubernetes_manifest_is_a_headless_service_and_an_indexed_job(capsys, re
     pod_1 = [word.replace("$(JOB_COMPLETION_INDEX)", "1") for word in command]  # as Kubernetes expands it
     args = build_parser().parse_args(pod_1[1:])
     assert (args.coordinator, args.num_processes, args.process_id) == ("launch-me-0.launch-me:55527", 2, 1)
-    assert args.run_dir == "gs://bucket/launch"
+    assert args.run_dir == "/shared/runs/launch-me"  # on the claim every pod mounts
+    assert container["volumeMounts"] == [{"name": "shared", "mountPath": "/shared"}]
+    assert pod["volumes"] == [{"name": "shared", "persistentVolumeClaim": {"claimName": "team-share"}}]
 
 
 def test_a_plan_json_keeps_its_own_topology(capsys, recipe, tmp_path):
     plan = tmp_path / "plan.json"
     assert main(["plan", str(recipe), "--devices", "8", "--device-kind", "tpu-v5e", "--out", str(plan), "--json"]) == 0
     capsys.readouterr()
-    service, job = yaml.safe_load_all(launch(capsys, plan, "--cluster", "kubernetes", "--image", "img"))
+    service, job = yaml.safe_load_all(launch(capsys, plan, "--cluster", "kubernetes", "--image", "img", "--volume", "v"))
     assert job["spec"]["completions"] == 2  # 8 TPU v5e chips, 4 per host
     assert job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {"google.com/tpu": 4}
     assert job["metadata"]["name"] == "launch-me"
@@ -91,6 +93,9 @@ def test_a_plan_json_keeps_its_own_topology(capsys, recipe, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--cluster", "slurm"], "needs its size: --devices N"),
     (["--cluster", "kubernetes", "--devices", "16", "--device-kind", "h100"], "needs --image"),
+    (["--cluster", "kubernetes", "--devices", "16", "--device-kind", "h100", "--image", "i"], "give --volume CLAIM"),
+    (["--cluster", "slurm", "--devices", "16", "--device-kind", "h100", "--run-dir", "gs://b/r"],
+     "a gs:// run directory serves a single-process run"),
 ])
 def test_what_is_missing_is_said(capsys, recipe, args, message):
     assert main(["launch", str(recipe), *args]) == 2
