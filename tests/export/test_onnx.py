@@ -13,9 +13,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 from flax import nnx
+from jax.sharding import AxisType
 from onnx import numpy_helper
 
-from capidsl.exec.mesh import build_mesh
 from capidsl.exec.state import init_state, model_family
 from capidsl.export.errors import ExportError
 from capidsl.export.onnx import export_onnx, held_out_inputs, inference_model, verify_file
@@ -56,8 +56,11 @@ def compile_cache(xla_cache):
 
 
 def plan_and_params(text: str):
+    """The plan and its initial model, built on one device (as `capidsl export` loads a run's weights)."""
     plan = compile_plan(Recipe.from_text(text, name="export.yaml"))
-    graphdef, state = init_state(plan, build_mesh(plan))
+    axes = plan.mesh.axes
+    one = jax.make_mesh((1,) * len(axes), axes, devices=jax.devices()[:1], axis_types=(AxisType.Auto,) * len(axes))
+    graphdef, state = init_state(plan, one)
     return plan, graphdef, state.params
 
 
