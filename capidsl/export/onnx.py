@@ -149,8 +149,11 @@ def convert(fn, example: np.ndarray, *, opset: int, input_name: str, family: str
             return jax2onnx.to_onnx(fn, [spec], opset=opset, model_name=f"capidsl_{family}",
                                     input_names=[input_name], output_names=["logits"], return_mode="proto")
     except Exception as err:  # noqa: BLE001 - any converter failure is one fact for the user
+        hint = ("jax2onnx has no ONNX form for an operation in this family's predict(); the family must avoid it "
+                "or a jax2onnx plugin must provide it" if isinstance(err, NotImplementedError)
+                else "try another export.opset (--opset)")
         raise ExportError(f"jax2onnx cannot convert the {family} model: {type(err).__name__}: {str(err)[:300]}",
-                          subject=f"model {family}", hint="try another export.opset (--opset)") from err
+                          subject=f"model {family}", hint=hint) from err
 
 
 def verify_file(path: Path, reference, inputs: np.ndarray, tolerance: float, *, subject: str | None = None) -> float:
