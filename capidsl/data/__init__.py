@@ -8,15 +8,22 @@ from capidsl.data.describe import DatasetInfo, describe
 
 
 def train_loader(data, *, global_batch, process_index=0, process_count=1):
-    """This process's rows of each global training batch, endlessly, as numpy dicts; see pipeline.py."""
-    from capidsl.data.pipeline import train_loader as _train_loader
+    """This process's rows of each global training batch, endlessly, as numpy dicts; see pipeline.py
+    (packed windows) and streams.py (the plan's `streams`: each row one contiguous stream)."""
+    if getattr(data, "streams", 0):
+        from capidsl.data.streams import train_loader as _train_loader
+    else:
+        from capidsl.data.pipeline import train_loader as _train_loader
 
     return _train_loader(data, global_batch=global_batch, process_index=process_index, process_count=process_count)
 
 
 def eval_batches(data, *, global_batch, process_index=0, process_count=1, max_batches=None):
-    """Deterministic validation batches (this process's rows); see pipeline.py."""
-    from capidsl.data.pipeline import eval_batches as _eval_batches
+    """Deterministic validation batches (this process's rows); see pipeline.py and streams.py."""
+    if getattr(data, "streams", 0):
+        from capidsl.data.streams import eval_batches as _eval_batches
+    else:
+        from capidsl.data.pipeline import eval_batches as _eval_batches
 
     return _eval_batches(data, global_batch=global_batch, process_index=process_index,
                          process_count=process_count, max_batches=max_batches)

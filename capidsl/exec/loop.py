@@ -35,8 +35,8 @@ from capidsl.exec.mesh import build_mesh
 from capidsl.exec.metrics import MetricsWriter, device_peak_bytes, host_peak_rss_bytes, json_number
 from capidsl.exec.progress import Progress, format_duration
 from capidsl.exec.resume import check_resume
-from capidsl.exec.state import abstract_state, init_state
-from capidsl.exec.step import batch_sharding, make_eval_step, make_train_step
+from capidsl.exec.state import abstract_state, init_state, initial_hidden
+from capidsl.exec.step import batch_sharding, make_evaluator_step, make_train_step
 from capidsl.exec.summary import Summary, params_sha256
 from capidsl.lang.ast import Record
 from capidsl.plan.plan import Plan
@@ -122,7 +122,7 @@ class Evaluator:
 
     def __init__(self, plan: Plan, mesh, graphdef):
         self.plan, self.mesh = plan, mesh
-        self.step = make_eval_step(plan, mesh, graphdef)
+        self.step = make_evaluator_step(plan, mesh, graphdef)  # (params, batch, carried state) -> (sums, state)
         self.batches: list[dict[str, jax.Array]] | None = None
 
     def __call__(self, params) -> dict[str, float]:
@@ -136,9 +136,9 @@ class Evaluator:
             self.batches = [_to_device(plan, self.mesh, b) for b in local]
         if not self.batches:
             raise RunError("the validation split is empty", subject="eval", hint="raise data.validation_fraction")
-        totals = None
+        totals, hidden = None, initial_hidden(plan)  # a carried state: every validation stream from zero, in order
         for b in self.batches:
-            sums = self.step(params, b)
+            sums, hidden = self.step(params, b, hidden)
             totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
         t = {k: float(v) for k, v in totals.items()}
         w = max(t["weight_sum"], 1e-9)

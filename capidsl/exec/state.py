@@ -1,4 +1,5 @@
-"""The training state — parameters, optimizer state, step, loss scale — created directly sharded.
+"""The training state — parameters, optimizer state, step, loss scale, a carried recurrent state — created
+directly sharded.
 
 Parameters are never materialised whole on one device: the model is built inside a `jax.jit`
 whose `out_shardings` are the plan's, so each device computes only its own shards (XLA prunes
@@ -18,7 +19,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from capidsl.exec.errors import RunError
-from capidsl.exec.mesh import param_path, replicated, tree_shardings
+from capidsl.exec.mesh import named_sharding, param_path, replicated, tree_shardings
 from capidsl.exec.optimizer import make_optimizer
 from capidsl.exec.precision import LossScale, dtype, initial_loss_scale
 from capidsl.plan.plan import Plan
@@ -33,6 +34,7 @@ class TrainState:
     opt_state: Any  # optax state
     step: jax.Array  # int32 scalar: optimizer steps taken
     loss_scale: LossScale  # scale 1 and never changed unless the plan scales the loss
+    hidden: Any = ()  # the recurrent state carried to the next batch (plan.hidden_state), else nothing
 
 
 def model_family(plan: Plan):
@@ -69,9 +71,16 @@ def _creator(plan: Plan):
             opt_state=tx.init(params),
             step=jnp.zeros((), jnp.int32),
             loss_scale=initial_loss_scale(plan.precision),
+            hidden=initial_hidden(plan),
         )
 
     return create, box
+
+
+def initial_hidden(plan: Plan):
+    """Zeros of the plan's carried state (every stream starts from a zero state), or () when none is carried."""
+    h = plan.hidden_state
+    return () if h is None else jnp.zeros(tuple(h.shape), dtype(h.dtype))
 
 
 def _check_against_plan(plan: Plan, abstract: TrainState, rest) -> None:
@@ -109,6 +118,7 @@ def shardings_for(plan: Plan, mesh: Mesh, abstract: TrainState) -> TrainState:
         opt_state=tree_shardings(plan, mesh, abstract.opt_state),
         step=replicated(mesh),
         loss_scale=jax.tree_util.tree_map(lambda _: replicated(mesh), abstract.loss_scale),
+        hidden=() if plan.hidden_state is None else named_sharding(mesh, plan.hidden_state.spec),
     )
 
 

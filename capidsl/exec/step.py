@@ -1,5 +1,8 @@
 """The train step and the eval step: pure functions of (state, batch), each one `jax.jit`.
 
+A plan with a carried recurrent state (`plan.hidden_state`) threads it through both: the state is
+split into micro-batches with the rows it belongs to, and each row's new state comes back out.
+
 The global batch arrives as rows [data_parallel × accumulation × micro_batch, ...], split over the
 plan's batch axes. Each device's own rows are cut into `accumulation` micro-batches, run by
 `jax.lax.scan`; the gradient of the *sum* of the per-token losses is accumulated, and divided once
@@ -55,37 +58,65 @@ def split_micro(batch: Batch, shards: int, chunks: int, mesh: Mesh, axes) -> Bat
     return jax.tree_util.tree_map(one, batch)
 
 
-def _sum_grads(params, micro: Batch, loss_fn: Callable, chunks: int, key: jax.Array):
-    """Σ over micro-batches of (∇ scaled loss_sum, loss_sum, weight_sum), in float32.
+def merge_micro(tree, shards: int, chunks: int, sharding):
+    """The inverse of `split_micro`: [chunks, shards × m, ...] → [shards × chunks × m, ...] (rows stay put)."""
 
-    `loss_fn(params, micro_batch, key)`; micro-batch i gets the dropout key fold_in(key, i).
+    def one(y):
+        m = y.shape[1] // shards
+        z = y.reshape((chunks, shards, m) + y.shape[2:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(z.reshape((shards * chunks * m,) + y.shape[2:]), sharding)
+
+    return jax.tree_util.tree_map(one, tree)
+
+
+def _sum_grads(params, micro: Batch, loss_fn: Callable, chunks: int, key: jax.Array):
+    """Σ over micro-batches of (∇ scaled loss_sum, loss_sum, weight_sum), in float32, and each
+    micro-batch's third auxiliary output (a carried state, or ()) stacked [chunks, ...].
+
+    `loss_fn(params, micro_batch, key) -> (scaled loss, (loss_sum, weight_sum, extra))`;
+    micro-batch i gets the dropout key fold_in(key, i).
     """
 
     def one(i, mb):
         return jax.grad(loss_fn, has_aux=True)(params, mb, jax.random.fold_in(key, i))
 
     if chunks == 1:  # no loop at all: nothing for XLA to schedule around
-        g, (l, w) = one(0, jax.tree_util.tree_map(lambda x: x[0], micro))
-        return jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), g), l, w
+        g, (l, w, extra) = one(0, jax.tree_util.tree_map(lambda x: x[0], micro))
+        extra = jax.tree_util.tree_map(lambda e: e[None], extra)
+        return jax.tree_util.tree_map(lambda x: x.astype(jnp.float32), g), l, w, extra
 
     def body(carry, xs):
         gsum, lsum, wsum = carry
-        g, (l, w) = one(*xs)
+        g, (l, w, extra) = one(*xs)
         gsum = jax.tree_util.tree_map(lambda a, b: a + b.astype(jnp.float32), gsum, g)
-        return (gsum, lsum + l, wsum + w), None
+        return (gsum, lsum + l, wsum + w), extra
 
     zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-    (gsum, lsum, wsum), _ = jax.lax.scan(body, init, (jnp.arange(chunks), micro))
-    return gsum, lsum, wsum
+    (gsum, lsum, wsum), extras = jax.lax.scan(body, init, (jnp.arange(chunks), micro))
+    return gsum, lsum, wsum, extras
+
+
+def model_loss(plan: Plan, fam, model, mb: Batch, *, deterministic: bool, rngs):
+    """(loss_sum, weight_sum, metrics, new carried state or ()) of one micro-batch.
+
+    With a carried state (`plan.hidden_state`) the micro-batch holds its rows' incoming state under
+    "hidden"; the family continues each row's stream from it and returns the state to carry on.
+    """
+    if plan.hidden_state is None:
+        return (*fam.loss(model, mb, deterministic=deterministic, rngs=rngs), ())
+    rows = {k: v for k, v in mb.items() if k != "hidden"}
+    return fam.loss_with_state(model, rows, mb["hidden"], deterministic=deterministic, rngs=rngs)
 
 
 def make_train_step(plan: Plan, mesh: Mesh, graphdef: nnx.GraphDef):
     """step(state, batch) -> (state, metrics): one jitted pure function with donated state.
 
     Metrics are device scalars: loss (mean over real tokens), grad_norm, lr, weight_sum, loss_scale
-    where the plan scales the loss, and sparsity (zeros among the pruned weights) where it prunes. A step whose loss or gradient is not finite leaves
-    parameters and optimizer state untouched (fp16 overflow then halves the loss scale).
+    where the plan scales the loss, and sparsity (zeros among the pruned weights) where it prunes.
+    A step whose loss or gradient is not finite leaves parameters, optimizer state and the carried
+    state untouched (fp16 overflow then halves the loss scale). A carried state enters the step
+    without a gradient path: backpropagation is truncated at the batch border.
     """
     fam, _ = model_family(plan)
     tx = make_optimizer(plan)
@@ -99,16 +130,19 @@ def make_train_step(plan: Plan, mesh: Mesh, graphdef: nnx.GraphDef):
         model = nnx.merge(graphdef, params)
         # The Rngs object is made inside the differentiated function: nnx refuses to advance an
         # RNG stream created at another trace level.
-        loss_sum, weight_sum, _ = fam.loss(model, mb, deterministic=False, rngs=nnx.Rngs(dropout=key))
+        loss_sum, weight_sum, _, hidden = model_loss(plan, fam, model, mb, deterministic=False,
+                                                     rngs=nnx.Rngs(dropout=key))
         loss_sum = loss_sum.astype(jnp.float32)
-        return scale_loss(prec, loss_scale, loss_sum), (loss_sum, weight_sum.astype(jnp.float32))
+        return scale_loss(prec, loss_scale, loss_sum), (loss_sum, weight_sum.astype(jnp.float32), hidden)
 
     def step(state: TrainState, batch: Batch):
         key = jax.random.fold_in(jax.random.key(plan.seed), state.step)
-        micro = split_micro(batch, shards, chunks, mesh, axes)
-        gsum, lsum, wsum = _sum_grads(
+        rows = batch if plan.hidden_state is None else {**batch, "hidden": jax.lax.stop_gradient(state.hidden)}
+        micro = split_micro(rows, shards, chunks, mesh, axes)
+        gsum, lsum, wsum, hiddens = _sum_grads(
             state.params, micro, lambda p, mb, r: loss_fn(p, mb, r, state.loss_scale), chunks, key
         )
+        hidden = merge_micro(hiddens, shards, chunks, state_sh.hidden) if plan.hidden_state is not None else ()
         denom = jnp.where(wsum == 0, 1.0, wsum)  # an all-padding batch: loss 0; a NaN weight stays NaN
         grads = jax.tree_util.tree_map(lambda g: g / denom, unscale_grads(prec, state.loss_scale, gsum))
         loss = lsum / denom
@@ -123,6 +157,7 @@ def make_train_step(plan: Plan, mesh: Mesh, graphdef: nnx.GraphDef):
             opt_state=keep(opt_state, state.opt_state),
             step=state.step + 1,
             loss_scale=next_loss_scale(prec, state.loss_scale, finite),
+            hidden=keep(hidden, state.hidden),
         )
         metrics = {"loss": loss, "grad_norm": grad_norm, "lr": jnp.asarray(lr(state.step), jnp.float32), "weight_sum": wsum}
         if prec.loss_scale != "none":

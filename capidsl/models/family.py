@@ -20,7 +20,7 @@ from capidsl.models.errors import ModelError
 LOGICAL_AXES_KEY = "logical_axes"
 
 # The logical axis names the built-in families use (a custom family may add its own).
-LOGICAL_AXES = ("vocab", "embed", "heads", "kv_heads", "mlp", "layers", "norm", "classes", "hidden", "input")
+LOGICAL_AXES = ("vocab", "embed", "heads", "kv_heads", "mlp", "layers", "norm", "classes", "hidden", "input", "state")
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ ENTRY_POINT_GROUP = "capidsl.models"
 BUILTIN = {
     "gpt": "capidsl.models.gpt:GPTFamily",
     "mlp": "capidsl.models.mlp:MLPFamily",
+    "capibara": "capidsl.models.capibara:CapibaraFamily",
 }
 
 _loaded: dict[str, ModelFamily] = {}

@@ -138,13 +138,15 @@ class Block(nnx.Module):
         return x + dropout(self.mlp(self.mlp_norm(x)), self.rate, k_res2)
 
 
-def stacked_blocks(c: GPTConfig, *, rngs, param_dtype, compute_dtype) -> Block:
-    """`n_layers` blocks as one module whose parameters have a leading "layers" axis."""
+def stacked_blocks(c, *, rngs, param_dtype, compute_dtype, block=None) -> nnx.Module:
+    """`c.n_layers` blocks (`block`, default the transformer Block) as one module whose parameters
+    have a leading "layers" axis."""
+    block = block or Block
 
     @nnx.split_rngs(splits=c.n_layers)
     @nnx.vmap(in_axes=(0,), out_axes=0, axis_size=c.n_layers)
     def create(r):
-        return Block(c, rngs=r, param_dtype=param_dtype, compute_dtype=compute_dtype)
+        return block(c, rngs=r, param_dtype=param_dtype, compute_dtype=compute_dtype)
 
     blocks = create(rngs)
     for _, node in nnx.iter_graph(blocks):

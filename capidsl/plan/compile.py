@@ -13,6 +13,7 @@ from capidsl.lang import LangError
 from capidsl.lang.stop import Stalls, direction_of, walk
 from capidsl.plan import batching, comms, flops, lints, memory, pruning
 from capidsl.plan.errors import PlanError
+from capidsl.plan.recurrent import plan_hidden_state
 from capidsl.plan.mesh import batch_blocks, layout
 from capidsl.plan.plan import (
     PLAN_VERSION, Lint, BatchPlan, CadencePlan, CheckpointPlan, DataPlan, ExportPlan, LoggingPlan, ModelPlan,
@@ -89,6 +90,10 @@ def compile_plan(recipe, topology: Topology | None = None) -> Plan:
     micro, accumulation = batching.derive(
         t.batch_size, t.micro_batch, t.gradient_accumulation_steps, dp,
         fits=lambda m: estimate(m, t.batch_size // dp // m).fits, where=where)
+    # a state carried across batches (placed once the batch is known to split; `micro_batch: auto` above
+    # sized micro-batches without it: it is B × layers × width, small beside the activations)
+    hidden = plan_hidden_state(fam, cfg, t.batch_size, mesh, rules)
+    state_bytes += hidden.bytes_per_device if hidden is not None else 0
     global_batch = t.batch_size
     tokens_per_step = global_batch * seq_len
     blocks = batch_blocks(mesh, topology, where("mesh"))  # processes holding distinct rows of each batch
@@ -106,7 +111,7 @@ def compile_plan(recipe, topology: Topology | None = None) -> Plan:
                     input_dim=int(cfg.get("input_dim", 0)), num_classes=int(cfg.get("num_classes", 0)),
                     validation_fraction=float(d.validation_fraction), shuffle=bool(d.shuffle), seed=int(t.seed),
                     workers=int(d.workers), prefetch=int(d.prefetch), synthetic_examples=int(d.synthetic_examples),
-                    train_examples=0, val_examples=0)
+                    train_examples=0, val_examples=0, streams=t.batch_size if hidden is not None else 0)
     info = describe(data)
     if lm and info.vocab_size > data.vocab_size:
         raise PlanError(f"the tokenizer has {info.vocab_size} tokens but model.vocab_size is {data.vocab_size}",
@@ -184,7 +189,7 @@ def compile_plan(recipe, topology: Topology | None = None) -> Plan:
         logging=LoggingPlan(tensorboard=bool(recipe.logging.tensorboard), progress=recipe.logging.progress),
         export=ExportPlan(format=recipe.export.format, opset=int(recipe.export.opset),
                           tolerance=float(recipe.export.tolerance), path=recipe.export.path),
-        lints=tuple(mesh_lints + found), pruning=prune, comms=traffic,
+        lints=tuple(mesh_lints + found), pruning=prune, hidden_state=hidden, comms=traffic,
     )
 
 

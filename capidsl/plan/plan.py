@@ -177,6 +177,7 @@ class DataPlan:
     synthetic_examples: int
     train_examples: int  # packed windows (lm) or rows in the train split, counted at plan time
     val_examples: int
+    streams: int = 0  # > 0: each batch row is one of this many contiguous streams, read in order; 0: windows shuffled
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,17 @@ class FlopsEstimate:
 
 
 @dataclass(frozen=True)
+class HiddenStatePlan:
+    """A recurrent state carried from each batch to the next (batch rows are streams); in the train state."""
+
+    shape: tuple[int, ...]  # [global batch, layers, state width]
+    dtype: str
+    logical_axes: tuple[str | None, ...]
+    spec: MeshSpec
+    bytes_per_device: int
+
+
+@dataclass(frozen=True)
 class PruningPlan:
     """Magnitude pruning: the schedule on concrete steps, the ranking scope, the weights it covers."""
 
@@ -329,6 +341,7 @@ class Plan:
     lints: tuple[Lint, ...] = field(default=())
     comms: CommsEstimate | None = None  # an estimate: not part of the fingerprint (RESUME_SAFE)
     pruning: PruningPlan | None = None
+    hidden_state: HiddenStatePlan | None = None
 
     def to_json(self) -> dict[str, Any]:
         return to_jsonable(self)

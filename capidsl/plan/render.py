@@ -75,6 +75,16 @@ def comms_text(plan: Plan) -> str:
             + f"\n  {c.formula}")
 
 
+def hidden_state_text(plan: Plan) -> str:
+    """The carried recurrent state: its shape and placement, its bytes, and the streams that feed it."""
+    h, c = plan.hidden_state, plan.cadence
+    placed = ", ".join((a or "·") + ("→" + "+".join(m) if m else "") for a, m in zip(h.logical_axes, h.spec))
+    return (f"hidden state carried across batches: {'×'.join(map(str, h.shape))} {h.dtype} ({placed}), "
+            f"{human_bytes(h.bytes_per_device)}/device, in the train state and every checkpoint\n"
+            f"  {plan.data.streams} contiguous streams, one per batch row, {c.steps_per_epoch:,} segments of "
+            f"{plan.batch.seq_len} tokens each per epoch; gradients stop at segment borders")
+
+
 def render(plan: Plan) -> Group:
     t = plan.topology
     c = plan.cadence
@@ -120,6 +130,8 @@ def render(plan: Plan) -> Group:
     items = [head, topo, batching, cad, table, bar, parts, cost]
     if plan.pruning is not None:
         items.insert(4, Text(pruning_text(plan)))
+    if plan.hidden_state is not None:
+        items.insert(4, Text(hidden_state_text(plan)))
     if plan.comms is not None:
         items.append(Text(comms_text(plan)))
     if m.compiled:

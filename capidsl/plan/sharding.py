@@ -26,6 +26,7 @@ DEFAULT_RULES: dict[str, tuple[str, ...]] = {
     "kv_heads": ("tensor",),
     "mlp": ("tensor",),
     "hidden": ("tensor",),
+    "state": ("tensor",),  # a recurrence's state channels: elementwise, so they split like MLP units
     "input": ("fsdp",),
     "classes": (),
     "norm": (),

@@ -19,7 +19,7 @@ from capidsl.recipe.yaml12 import Document, join_path
 from capidsl.resources import resource_path
 
 SCHEMA_FILE = "recipe.schema.json"
-BUILTIN_FAMILIES = ("gpt", "mlp")
+BUILTIN_FAMILIES = ("gpt", "mlp", "capibara")
 
 
 @functools.lru_cache(maxsize=1)
