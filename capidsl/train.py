@@ -11,7 +11,12 @@ from typing import Any
 
 
 def main(config: Any = None, *, run_dir: str | None = None, max_steps: int | None = None):
-    """Compile and run a recipe the way `capidsl run` does (printing its closing lines); returns the Summary."""
+    """Compile and run a recipe the way `capidsl run` does (printing its closing lines); returns the Summary.
+
+    Started by a cluster launcher (SLURM, Open MPI, ...), each process first joins the others, as `capidsl run` does."""
+    from capidsl.exec import distributed
+
+    distributed.initialize(distributed.resolve())  # before anything asks JAX for devices
     from capidsl.exec.loop import describe, run
     from capidsl.plan.compile import compile_plan
 
@@ -28,7 +33,8 @@ def main(config: Any = None, *, run_dir: str | None = None, max_steps: int | Non
     else:
         plan = compile_plan(config)
     summary = run(plan, run_dir, max_steps=max_steps)
-    print(describe(summary))
+    if distributed.is_primary():
+        print(describe(summary))
     return summary
 
 

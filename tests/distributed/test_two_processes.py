@@ -20,10 +20,10 @@ import pytest
 
 import local_cluster as lc
 
-STEPS = 40
+STEPS = 24
 RECIPE = f"""
 name: two-processes
-model: {{family: gpt, vocab_size: 256, seq_len: 16, d_model: 32, n_layers: 2, n_heads: 4, d_ff: 64}}
+model: {{family: gpt, vocab_size: 256, seq_len: 16, d_model: 32, n_layers: 1, n_heads: 4, d_ff: 64}}
 data: {{source: synthetic, synthetic_examples: 512, validation_fraction: 0.1}}
 training: {{batch_size: 8, duration: "{STEPS} steps", seed: 1}}
 schedule: "constant(3e-3, rest)"
