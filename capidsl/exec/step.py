@@ -203,3 +203,38 @@ def make_eval_step(plan: Plan, mesh: Mesh, graphdef: nnx.GraphDef):
         return {"loss_sum": total[0], "weight_sum": total[1], "correct_sum": total[2]}
 
     return jax.jit(eval_step, in_shardings=(params_sh, batch_sharding(plan, mesh)), out_shardings=NamedSharding(mesh, PartitionSpec()))
+
+
+def make_stream_eval_step(plan: Plan, mesh: Mesh, graphdef: nnx.GraphDef):
+    """eval_step(params, batch, hidden) -> (sums, hidden): one batch of the validation streams, each row
+    continued from the state the previous batch left (a plan with a carried state), micro-batch by micro-batch."""
+    fam, _ = model_family(plan)
+    shards, chunks, axes = plan.batch.data_parallel, plan.batch.accumulation, batch_axes(plan)
+    _, abstract = abstract_state(plan, mesh)
+    params_sh = jax.tree_util.tree_map(lambda a: a.sharding, abstract.params)
+    hidden_sh = abstract.hidden.sharding
+
+    def sums(acc, mb, params):
+        model = nnx.merge(graphdef, params)
+        loss_sum, weight_sum, metrics, hidden = model_loss(plan, fam, model, mb, deterministic=True, rngs=None)
+        row = jnp.stack([loss_sum.astype(jnp.float32), weight_sum.astype(jnp.float32),
+                         jnp.asarray(metrics.get("correct_sum", 0.0), jnp.float32)])
+        return acc + row, hidden
+
+    def eval_step(params, batch: Batch, hidden):
+        micro = split_micro({**batch, "hidden": hidden}, shards, chunks, mesh, axes)
+        total, hiddens = jax.lax.scan(lambda acc, mb: sums(acc, mb, params), jnp.zeros(3, jnp.float32), micro)
+        out = {"loss_sum": total[0], "weight_sum": total[1], "correct_sum": total[2]}
+        return out, merge_micro(hiddens, shards, chunks, hidden_sh)
+
+    return jax.jit(eval_step, in_shardings=(params_sh, batch_sharding(plan, mesh), hidden_sh),
+                   out_shardings=(NamedSharding(mesh, PartitionSpec()), hidden_sh))
+
+
+def make_evaluator_step(plan: Plan, mesh: Mesh, graphdef: nnx.GraphDef):
+    """step(params, batch, hidden) -> (sums, hidden) for every plan: the stream step when the plan
+    carries a state, else `make_eval_step` with `hidden` passed through (it is ())."""
+    if plan.hidden_state is not None:
+        return make_stream_eval_step(plan, mesh, graphdef)
+    plain = make_eval_step(plan, mesh, graphdef)
+    return lambda params, batch, hidden: (plain(params, batch), hidden)
