@@ -120,7 +120,9 @@ def initialize(cluster: Cluster | None, *, timeout_s: int = 300) -> None:
     """Join `cluster` (nothing for None): CPU collectives by gloo, then `jax.distributed.initialize`.
 
     Must run before JAX's backends start (anything that asks for devices); a process that already
-    joined (a caller that initialised JAX itself) is left as it is.
+    joined (a caller that initialised JAX itself) is left as it is. Errors JAX raises (a port in
+    use, bad arguments) become a RunError; a coordinator that does not answer within `timeout_s`
+    ends the process from inside JAX (`DEADLINE_EXCEEDED ... RegisterTask`), which no caller can catch.
     """
     if cluster is None:
         return
