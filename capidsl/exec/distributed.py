@@ -59,7 +59,7 @@ def _detected_environment():
         from jax._src import clusters  # JAX's detectors: no public API lists them (docs/stack-notes-distributed.md)
     except ImportError:
         return None
-    for env in clusters.ClusterEnv._cluster_types:
+    for env in getattr(clusters.ClusterEnv, "_cluster_types", ()):  # private: absent in another jax, none found
         if env.opt_in_only_method:  # mpi4py: only when asked for, as in JAX
             continue
         try:
@@ -190,7 +190,8 @@ def _preemption_service() -> bool:
     import jax
     from jax._src import distributed as jax_distributed
 
-    return jax.process_count() > 1 and jax_distributed.global_state.preemption_sync_manager is not None
+    manager = getattr(jax_distributed.global_state, "preemption_sync_manager", None)
+    return jax.process_count() > 1 and manager is not None
 
 
 def signals_to_catch() -> tuple[signal.Signals, ...]:
