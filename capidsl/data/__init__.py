@@ -9,8 +9,11 @@ from capidsl.data.describe import DatasetInfo, describe
 
 def train_loader(data, *, global_batch, process_index=0, process_count=1):
     """This process's rows of each global training batch, endlessly, as numpy dicts; see pipeline.py
-    (packed windows) and streams.py (the plan's `streams`: each row one contiguous stream)."""
-    if getattr(data, "streams", 0):
+    (packed windows), streams.py (the plan's `streams`: each row one contiguous stream) and buckets.py
+    (the plan's `buckets`: one document per row, a few fixed batch shapes)."""
+    if getattr(data, "buckets", ()):
+        from capidsl.data.buckets import train_loader as _train_loader
+    elif getattr(data, "streams", 0):
         from capidsl.data.streams import train_loader as _train_loader
     else:
         from capidsl.data.pipeline import train_loader as _train_loader
@@ -20,7 +23,9 @@ def train_loader(data, *, global_batch, process_index=0, process_count=1):
 
 def eval_batches(data, *, global_batch, process_index=0, process_count=1, max_batches=None):
     """Deterministic validation batches (this process's rows); see pipeline.py and streams.py."""
-    if getattr(data, "streams", 0):
+    if getattr(data, "buckets", ()):
+        from capidsl.data.buckets import eval_batches as _eval_batches
+    elif getattr(data, "streams", 0):
         from capidsl.data.streams import eval_batches as _eval_batches
     else:
         from capidsl.data.pipeline import eval_batches as _eval_batches

@@ -107,6 +107,23 @@ def lm_streams(key: tuple) -> tuple[np.ndarray, np.ndarray]:
 
 
 @lru_cache(maxsize=4)
+def lm_documents(key: tuple) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+    """(train, validation) documents of a file-based lm source, each its tokens and the separator,
+    split as `lm_streams` splits them (the same documents, kept apart instead of concatenated)."""
+    source, path, field, tokenizer, *_ = key
+    fraction = key[6]
+    if source in ("synthetic", "npy"):
+        raise DataError(f"source {source!r} is one token stream without documents", subject="data.source",
+                        hint="variable-length rows need documents: jsonl (one per line), csv, parquet, text or stdlib")
+    tok = get_tokenizer(tokenizer)
+    parts: tuple[list, list] = ([], [])
+    for doc_key, text in _documents(source, path, field):
+        tokens = np.frombuffer(text, dtype=np.uint8) if tokenizer == "byte" else np.asarray(tok.encode(text))
+        parts[in_validation(doc_key, fraction)].append(np.append(tokens.astype(np.int32), SEPARATOR))
+    return tuple(parts[0]), tuple(parts[1])
+
+
+@lru_cache(maxsize=4)
 def classification_arrays(key: tuple) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Synthetic Gaussian blobs: ((x_train, y_train), (x_val, y_val)), deterministic from the seed."""
     source, _path, _field, _tok, _kind, _seq, fraction, seed, n, input_dim, num_classes = key

@@ -112,8 +112,8 @@ class Signals:
 def _to_device(plan: Plan, mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     """This process's rows of the global batch → one global array per key, split as the plan says."""
     sharding = batch_sharding(plan, mesh)
-    rows = plan.batch.global_batch  # explicit: hosts that are replicas (a tensor axis across hosts) load the same rows
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v), (rows,) + np.shape(v)[1:])
+    _, blocks = process_rows(plan, mesh)  # explicit: hosts that are replicas (a tensor axis across hosts) load the same rows
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v), (len(v) * blocks,) + np.shape(v)[1:])
             for k, v in local.items()}
 
 
@@ -157,7 +157,8 @@ def train_row(plan: Plan, step: int, window: Window, metrics: dict[str, jax.Arra
     row = {
         "step": step, "epoch": step / max(1, plan.cadence.steps_per_epoch), "loss": loss,
         "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
-        "tokens_per_s": window.count * plan.batch.tokens_per_step / max(elapsed, 1e-9),
+        "tokens_per_s": float(window.sums["real_tokens"]) / max(elapsed, 1e-9) if "real_tokens" in window.sums
+        else window.count * plan.batch.tokens_per_step / max(elapsed, 1e-9),  # padded rows: the real tokens
         "step_time_s": elapsed / window.count, "data_wait_s": window.wait_s / window.count,
         "device_peak_bytes": device_peak_bytes(), "host_peak_rss_bytes": host_peak_rss_bytes(),
     }

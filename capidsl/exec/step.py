@@ -164,6 +164,9 @@ def make_train_step(plan: Plan, mesh: Mesh, graphdef: nnx.GraphDef):
             metrics["loss_scale"] = state.loss_scale.scale
         if plan.pruning is not None:
             metrics["sparsity"] = achieved_sparsity(plan, new_state.params)
+        if plan.data.buckets:  # rows padded to their bucket: how many positions were padding
+            real = jnp.sum(batch["mask"] > 0).astype(jnp.float32)
+            metrics["real_tokens"], metrics["padded_tokens"] = real, batch["mask"].size - real
         return new_state, metrics
 
     return jax.jit(

@@ -13,6 +13,7 @@ from capidsl.lang import LangError
 from capidsl.lang.stop import Stalls, direction_of, walk
 from capidsl.plan import batching, comms, flops, lints, memory, pruning
 from capidsl.plan.errors import PlanError
+from capidsl.plan.buckets import plan_buckets
 from capidsl.plan.recurrent import plan_hidden_state
 from capidsl.plan.mesh import batch_blocks, layout
 from capidsl.plan.plan import (
@@ -81,10 +82,11 @@ def compile_plan(recipe, topology: Topology | None = None) -> Plan:
     state_bytes = pruning.mask_bytes(pruning.pruned_params(sharding, recipe.pruning.embeddings)) \
         if recipe.pruning.schedule is not None else 0
 
-    def estimate(micro: int, accumulation: int):
-        return memory.estimate(family=fam, cfg=cfg, sharding=sharding, mesh=mesh, optimizer=o.name, momentum=o.momentum,
+    def estimate(micro: int, accumulation: int, seq_len: int | None = None):
+        at = cfg if seq_len is None else {**cfg, "seq_len": seq_len}  # a bucket's rows are shorter than seq_len
+        return memory.estimate(family=fam, cfg=at, sharding=sharding, mesh=mesh, optimizer=o.name, momentum=o.momentum,
                                micro_batch=micro, rows_per_device=micro * accumulation,
-                               batch_shapes=fam.batch_shapes(cfg, 1), compute_dtype=precision.compute_dtype,
+                               batch_shapes=fam.batch_shapes(at, 1), compute_dtype=precision.compute_dtype,
                                remat=t.remat, device_memory=topology.memory_per_device, state_bytes=state_bytes)
 
     micro, accumulation = batching.derive(
@@ -119,6 +121,12 @@ def compile_plan(recipe, topology: Topology | None = None) -> Plan:
                         hint=f"set model.vocab_size to at least {info.vocab_size}")
     data = DataPlan(**{**data.__dict__, "train_examples": info.train_examples, "val_examples": info.val_examples})
     steps_per_epoch = info.train_examples // global_batch
+    bucket_lints: tuple = ()
+    if d.batching == "bucketed":  # one document per row, by length bucket (capidsl/plan/buckets.py)
+        bucketing = plan_buckets(d, data, batch, blocks, where)
+        data, batch, steps_per_epoch = bucketing.data, bucketing.batch, bucketing.steps_per_epoch
+        bucket_lints = bucketing.lints
+        global_batch, tokens_per_step = batch.global_batch, batch.tokens_per_step
     if steps_per_epoch == 0:
         raise PlanError(f"the training split holds {info.train_examples} examples, fewer than one batch of {global_batch}",
                         subject="data", location=where("data"), hint="use more data or a smaller batch")
@@ -147,7 +155,7 @@ def compile_plan(recipe, topology: Topology | None = None) -> Plan:
             raise _lang_error(err, key, where) from None
 
     eval_every = steps_of(recipe.eval.every, "eval.every")
-    val_batches = info.val_examples // global_batch
+    val_batches = bucketing.val_batches if data.buckets else info.val_examples // global_batch
     eval_batches = min(recipe.eval.batches, val_batches) if recipe.eval.batches else val_batches
     cadence = CadencePlan(total_steps=total_steps, steps_per_epoch=steps_per_epoch, eval_every=eval_every,
                           eval_batches=eval_batches, checkpoint_every=steps_of(recipe.checkpoint.every, "checkpoint.every"),
@@ -169,6 +177,9 @@ def compile_plan(recipe, topology: Topology | None = None) -> Plan:
 
     # -- estimates -------------------------------------------------------------------------------------
     mem = estimate(micro, accumulation)
+    if data.buckets:  # the most demanding of the plan's batch shapes
+        mem = max((estimate(b.rows // (dp * accumulation), accumulation, seq_len=b.length) for b in data.buckets),
+                  key=lambda e: e.total)
     if not mem.fits:
         found.append(Lint("warning", "does-not-fit",
                           f"the estimate ({mem.total / 2**30:.2f} GiB per device) exceeds the device memory "
@@ -189,7 +200,7 @@ def compile_plan(recipe, topology: Topology | None = None) -> Plan:
         logging=LoggingPlan(tensorboard=bool(recipe.logging.tensorboard), progress=recipe.logging.progress),
         export=ExportPlan(format=recipe.export.format, opset=int(recipe.export.opset),
                           tolerance=float(recipe.export.tolerance), path=recipe.export.path),
-        lints=tuple(mesh_lints + found), pruning=prune, hidden_state=hidden, comms=traffic,
+        lints=tuple(mesh_lints + found + list(bucket_lints)), pruning=prune, hidden_state=hidden, comms=traffic,
     )
 
 

@@ -157,6 +157,18 @@ class OptimizerPlan:
 
 
 @dataclass(frozen=True)
+class BucketPlan:
+    """One batch shape of length-bucketed batching: `rows` rows of `length` tokens (capidsl/data/buckets.py)."""
+
+    length: int  # holds the examples predicting n tokens, previous bucket's length < n <= length
+    rows: int  # the global batch of this bucket
+    train_examples: int
+    val_examples: int
+    batches_per_epoch: int  # train_examples // rows: the rest waits for the next epoch's order
+    real_tokens: int  # target tokens of this bucket's training examples (for the padding estimate)
+
+
+@dataclass(frozen=True)
 class DataPlan:
     """The input pipeline: where examples come from, how they are tokenised, packed and split."""
 
@@ -178,6 +190,7 @@ class DataPlan:
     train_examples: int  # packed windows (lm) or rows in the train split, counted at plan time
     val_examples: int
     streams: int = 0  # > 0: each batch row is one of this many contiguous streams, read in order; 0: windows shuffled
+    buckets: tuple[BucketPlan, ...] = ()  # variable-length rows by length bucket (one batch shape each); () = windows
 
 
 @dataclass(frozen=True)

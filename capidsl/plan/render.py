@@ -85,6 +85,18 @@ def hidden_state_text(plan: Plan) -> str:
             f"{plan.batch.seq_len} tokens each per epoch; gradients stop at segment borders")
 
 
+def buckets_text(plan: Plan) -> str:
+    """Length-bucketed batching: the batch shapes XLA will compile, their share of the data, the padding."""
+    from capidsl.plan.buckets import padding
+
+    bs = plan.data.buckets
+    shapes = ", ".join(f"{b.rows}×{b.length} ({b.train_examples:,} ex, {b.batches_per_epoch} batches)" for b in bs)
+    bucketed, naive = padding(bs)
+    return (f"batching bucketed by length, {plan.batch.tokens_per_step:,} positions per batch: {len(bs)} shapes "
+            f"(one compiled step each): {shapes}\n  padding ≈ {bucketed:.1%} of positions (padding every row to "
+            f"{bs[-1].length} would be {naive:.1%})")
+
+
 def render(plan: Plan) -> Group:
     t = plan.topology
     c = plan.cadence
@@ -132,6 +144,8 @@ def render(plan: Plan) -> Group:
         items.insert(4, Text(pruning_text(plan)))
     if plan.hidden_state is not None:
         items.insert(4, Text(hidden_state_text(plan)))
+    if plan.data.buckets:
+        items.insert(4, Text(buckets_text(plan)))
     if plan.comms is not None:
         items.append(Text(comms_text(plan)))
     if m.compiled:

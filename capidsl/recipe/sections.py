@@ -87,6 +87,9 @@ class DataConfig:
     workers: int
     prefetch: int
     synthetic_examples: int
+    batching: str  # packed | bucketed
+    token_budget: int | None
+    buckets: tuple[int, ...] | None
 
 
 @dataclass(frozen=True)

@@ -87,3 +87,16 @@ def test_explain_says_what_it_means():
 
     e = explain(ISSUE)
     assert e.kind == "pruning" and "growing to 80% at 5000 steps" in e.text and "every 100 steps" in e.text
+
+
+def test_the_documented_examples_parse_and_the_documented_error_is_the_real_one():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "language.md").read_text()
+    for text in (ISSUE, "from 0% to 90% between 10% and 50%, every 1 epoch, linear",
+                 "from 0% to 50% between 0 and 2 epochs, every 20 steps"):
+        assert text in doc
+        parse_pruning(text).resolve(100_000, steps_per_epoch=1000)
+    with pytest.raises(LangError) as err:
+        parse_pruning(ISSUE).resolve(4000)
+    assert err.value.render() in doc
