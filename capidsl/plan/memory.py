@@ -1,10 +1,29 @@
-"""Per-device memory, analytically: parameters, gradients, optimizer state, activations, input batch.
+"""Per-device memory, analytically: what the compiled train step holds as arguments and as temporaries.
 
-Parameters, gradients and optimizer state are arithmetic on the sharded shapes (gradients in the
-parameter dtype; adamw/adam keep 2 moments, lion and sgd-with-momentum 1, adafactor the factored
-row and column second moments of every ≥2-D weight). Activations are a model: the family's
-per-layer formula (Korthikanti et al. 2022 for transformers, see capidsl/models) for one
-micro-batch, divided by the tensor-parallel size, times the layers, plus the float32 logits.
+Arguments (exact arithmetic on the sharded shapes): parameters, optimizer state (adamw/adam 2
+moments, lion and sgd-with-momentum 1, adafactor the factored row and column second moments of
+every ≥2-D weight), the step's batch rows and other state (pruning masks, a carried recurrent state).
+
+Temporaries (XLA's `temp_size_in_bytes`), a sum of terms, each something the step really holds:
+  saved activations   every residual `jax.vjp` of the family's loss keeps for the backward pass, for
+                      one device's micro-batch, divided by the mesh axes that split it
+                      (capidsl/plan/activations.py); the family's own per-layer formula
+                      (Korthikanti et al. 2022 for transformers) only if the loss cannot be traced
+  backward working    2 × the largest tensor one layer saves (the cotangent coming in and the one
+                      going out of its backward); under remat 3 × (the recomputed tensor as well),
+                      or, with tensor > 1, all one layer saves without remat (Korthikanti et al.
+                      2022 §5: full recomputation holds one layer's activations; the layer's
+                      all-reduces keep XLA from fusing the recomputation into the backward)
+  gradients           float32, one per parameter shard: the step differentiates float32 loss sums
+  optimizer copy      the optimizer state once more: the step keeps the old state on a non-finite
+                      step (`where(finite, new, old)` over donated buffers), so XLA copies the old
+                      moments before writing the new ones in place (seen in the HLO: copy(opt_state))
+  or accumulation     when accumulating, the larger of that copy and a second float32 gradient set
+                      (the micro-batch's beside the running sum): the copy is needed only after the
+                      micro-batch loop, so XLA places it there and the two never coexist
+  FSDP gather         with fsdp > 1: the largest layer's weights all-gathered in the compute dtype
+                      and their float32 gradient before the reduce-scatter
+Measured against XLA's compiled figures in docs/plan.md ("How good the estimates are").
 """
 
 from __future__ import annotations
@@ -13,7 +32,9 @@ import math
 
 import numpy as np
 
-from capidsl.plan.plan import MemoryEstimate, MeshPlan, ShardingPlan
+from capidsl.plan.activations import traced_model
+from capidsl.plan.plan import MemoryEstimate, MeshPlan, ShardingPlan, freeze_options
+from capidsl.plan.sharding import BATCH_AXES
 
 
 def optimizer_state_bytes(name: str, momentum: float, sharding: ShardingPlan, mesh: MeshPlan) -> int:
@@ -33,30 +54,75 @@ def optimizer_state_bytes(name: str, momentum: float, sharding: ShardingPlan, me
     return total
 
 
+def gradient_bytes(sharding: ShardingPlan) -> int:
+    """float32 gradients of every parameter shard (the step casts and accumulates them in float32)."""
+    return sum(p.bytes_per_device // np.dtype(p.dtype).itemsize * 4 for p in sharding.params)
+
+
+def gathered_layer_bytes(sharding: ShardingPlan, mesh: MeshPlan, compute_bytes: int) -> int:
+    """FSDP's transient: one layer's weights gathered over the batch axes (compute dtype) plus their
+    float32 gradient before the reduce-scatter; a layer is one slice of the stacked ("layers") parameters,
+    or the largest unstacked parameter (an embedding) if that is bigger."""
+    layer = largest = 0
+    for p in sharding.params:
+        ways = math.prod(mesh.size(a) for axes in p.spec for a in axes if a in BATCH_AXES)
+        if ways == 1:
+            continue
+        elements = p.bytes_per_device // np.dtype(p.dtype).itemsize * ways
+        if p.logical_axes and p.logical_axes[0] == "layers":
+            layer += elements // p.shape[0]
+        else:
+            largest = max(largest, elements)
+    return max(layer, largest) * (compute_bytes + 4)
+
+
+def _formula_activations(family, cfg, micro_batch, compute_bytes, remat, tensor, lm) -> int:
+    """The family's own per-layer formula: the fallback for a loss that cannot be traced abstractly."""
+    logits = micro_batch * cfg["seq_len"] * cfg["vocab_size"] * 4 // tensor if lm else 0  # float32 logits
+    per_layer = family.activation_bytes_per_layer(cfg, micro_batch, compute_bytes, remat)
+    return -(-per_layer * family.num_layers(cfg) // tensor) + logits
+
+
 def estimate(*, family, cfg: dict, sharding: ShardingPlan, mesh: MeshPlan, optimizer: str, momentum: float,
              micro_batch: int, rows_per_device: int, batch_shapes: dict, compute_dtype: str, remat: str,
              device_memory: int, state_bytes: int = 0) -> MemoryEstimate:
     """The estimate for one device holding `micro_batch` rows per micro-step and `rows_per_device` per step.
 
     `state_bytes`: training state besides parameters and optimizer moments (pruning masks, a carried
-    recurrent state), per device."""
+    recurrent state), per device. FITS is judged on `total` = arguments + the temporaries' terms."""
     params = sum(p.bytes_per_device for p in sharding.params)
     opt = optimizer_state_bytes(optimizer, momentum, sharding, mesh)
     compute_bytes = np.dtype(compute_dtype).itemsize if compute_dtype != "bfloat16" else 2
-    tensor = mesh.size("tensor")
-    layers = family.num_layers(cfg)
-    per_layer = family.activation_bytes_per_layer(cfg, micro_batch, compute_bytes, remat)
-    logits = 0
-    if "inputs" in batch_shapes:  # language model: float32 logits of one micro-batch
-        logits = micro_batch * cfg["seq_len"] * cfg["vocab_size"] * 4 // tensor
-    activations = -(-per_layer * layers // tensor) + logits
     batch = 0
     for shape, dtype in batch_shapes.values():
         row = math.prod(shape[1:]) * np.dtype(dtype).itemsize
         batch += row * rows_per_device
-    total = 2 * params + opt + activations + batch + state_bytes
-    formula = (f"activations = {layers} layers × per-layer({remat}) / tensor {tensor} + logits "
-               f"(Korthikanti et al. 2022, generalised per saved tensor; see capidsl/models)")
-    return MemoryEstimate(params=params, grads=params, opt_state=opt, activations=activations, batch=batch,
+
+    param_dtype = sharding.params[0].dtype if sharding.params else "float32"
+    model, reason = traced_model(family, freeze_options(cfg), sharding, mesh, param_dtype, compute_dtype, remat)
+    if model is not None:
+        saved = model.saved_bytes(micro_batch)
+        whole_layer = model.recompute and mesh.size("tensor") > 1
+        working = model.layer_bytes(micro_batch) if whole_layer else \
+            (3 if model.recompute else 2) * model.largest_layer_tensor(micro_batch)
+        work = "one recomputed layer" if whole_layer else f"{3 if model.recompute else 2}× the largest layer tensor"
+        formula = (f"temp = saved residuals (jax.vjp of the {family.name} loss, {micro_batch} rows/device, "
+                   f"split as the mesh splits them) + {work} "
+                   "+ f32 grads + " + ("max(optimizer copy, accumulation)" if rows_per_device > micro_batch else "optimizer copy")
+                   + (" + FSDP gathered layer" if mesh.size("fsdp") > 1 else "") + "; see docs/plan.md")
+    else:
+        saved = _formula_activations(family, cfg, micro_batch, compute_bytes, remat, mesh.size("tensor"),
+                                     "inputs" in batch_shapes)
+        working = 0
+        formula = (f"temp = {family.num_layers(cfg)} layers × the family's per-layer formula ({remat}) / tensor "
+                   f"+ f32 logits + f32 grads + optimizer copy (the loss could not be traced: {reason})")
+    grads = gradient_bytes(sharding)
+    copy = ("optimizer copy or accumulation", max(opt, grads)) if rows_per_device > micro_batch else ("optimizer copy", opt)
+    terms = (("saved activations", saved), ("backward working set", working), ("gradients f32", grads), copy,
+             ("fsdp gather", gathered_layer_bytes(sharding, mesh, compute_bytes) if mesh.size("fsdp") > 1 else 0))
+    temp = sum(v for _, v in terms)
+    total = params + opt + batch + state_bytes + temp
+    return MemoryEstimate(params=params, grads=grads, opt_state=opt, activations=saved + working, batch=batch,
                           total=total, device_memory=device_memory, fits=total <= device_memory,
-                          activation_formula=formula, state=state_bytes)
+                          activation_formula=formula, state=state_bytes, temp=temp,
+                          breakdown=tuple((k, v) for k, v in terms if v))

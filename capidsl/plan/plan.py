@@ -244,10 +244,14 @@ class LoggingPlan:
 
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """Bytes per device, analytic; `fits` is judged on `total` against the device memory."""
+    """Bytes per device, analytic; `fits` is judged on `total` against the device memory.
+
+    total = params + opt_state + batch + state (the step's arguments) + temp (its temporaries, the
+    sum of `breakdown`: saved activations, backward working set, float32 grads, the optimizer copy
+    (or accumulation), FSDP gather — capidsl/plan/memory.py). `activations` = saved + working set."""
 
     params: int
-    grads: int
+    grads: int  # float32, per parameter shard
     opt_state: int
     activations: int
     batch: int
@@ -257,6 +261,8 @@ class MemoryEstimate:
     activation_formula: str
     compiled: tuple[tuple[str, int], ...] = ()  # XLA memory_analysis figures when `plan --compile` ran
     state: int = 0  # other training state: pruning masks, a carried recurrent state (included in total)
+    temp: int = 0  # the estimate of XLA's temp_size_in_bytes (included in total)
+    breakdown: tuple[tuple[str, int], ...] = ()  # temp's terms, in bytes
 
     @property
     def headroom(self) -> int:

@@ -133,9 +133,10 @@ def render(plan: Plan) -> Group:
     bar = Text.assemble("memory/device [", ("█" * fill, verdict[1]), " " * (width - fill), "] ",
                         f"{human_bytes(m.total)} of {human_bytes(m.device_memory)}  ", verdict,
                         f"  headroom {human_bytes(m.headroom)}")
-    parts = Text(f"  params {human_bytes(m.params)}  grads {human_bytes(m.grads)}  optimizer {human_bytes(m.opt_state)}  "
-                 f"activations {human_bytes(m.activations)}  batch {human_bytes(m.batch)}"
-                 + (f"  state {human_bytes(m.state)}" if m.state else "") + f"\n  {m.activation_formula}")
+    parts = Text(f"  params {human_bytes(m.params)}  optimizer {human_bytes(m.opt_state)}  batch {human_bytes(m.batch)}"
+                 + (f"  state {human_bytes(m.state)}" if m.state else "")
+                 + f"  temp {human_bytes(m.temp)} (" + ", ".join(f"{k} {human_bytes(v)}" for k, v in m.breakdown) + ")"
+                 + f"\n  {m.activation_formula}")
     f = plan.flops
     cost = Text(f"FLOPs {f.flops_per_token:.3g}/token, {f.flops_per_step:.3g}/step; ~{f.step_time_s:.3g} s/step at "
                 f"{f.assumed_mfu:.0%} MFU ({f.formula})")
@@ -152,7 +153,8 @@ def render(plan: Plan) -> Group:
         compiled = dict(m.compiled)
         items.append(Text("compiled (XLA, per device): " + "  ".join(f"{k} {human_bytes(v)}" for k, v in m.compiled)))
         if compiled.get("temp_bytes"):
-            items.append(Text(f"  activations analytic / XLA temp = {m.activations / compiled['temp_bytes']:.2f}"))
+            items.append(Text(f"  temp analytic / XLA temp = {m.temp / compiled['temp_bytes']:.2f} "
+                              "(FITS is judged on the analytic total; docs/plan.md says how close it is)"))
     for lint in plan.lints:
         items.append(Text(f"{lint.level}: {lint.location + ': ' if lint.location else ''}{lint.message} [{lint.code}]",
                           style="yellow" if lint.level == "warning" else "red"))
