@@ -79,7 +79,10 @@ class ModelFamily:
         raise NotImplementedError
 
     def activation_bytes_per_layer(self, cfg: Mapping[str, Any], micro_batch: int, compute_bytes: int, remat: str) -> int:
-        """Bytes of activations one layer keeps for the backward pass, for one micro-batch."""
+        """Bytes of activations one layer keeps for the backward pass, for one micro-batch.
+
+        The plan counts the residuals of `jax.vjp(loss)` itself (capidsl/plan/activations.py) and uses
+        this formula only when the family's loss cannot be traced on abstract parameters."""
         raise NotImplementedError
 
     def num_layers(self, cfg: Mapping[str, Any]) -> int:
