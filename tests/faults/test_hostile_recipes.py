@@ -4,7 +4,6 @@ capped at 1 GiB and whose run is bounded by a timeout (a bomb that expanded woul
 
 from __future__ import annotations
 
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +21,9 @@ HOSTILE = {
 }
 
 
-def _limit_memory():
-    resource.setrlimit(resource.RLIMIT_AS, (LIMIT, LIMIT))
+# The limit is set by the child itself: a preexec_fn would fork this multithreaded (JAX) process.
+CAPPED = ("import resource, runpy, sys; resource.setrlimit(resource.RLIMIT_AS, ({0}, {0})); "
+          "sys.argv = ['capidsl'] + sys.argv[1:]; runpy.run_module('capidsl', run_name='__main__')").format(LIMIT)
 
 
 def test_every_hostile_recipe_is_refused_with_its_location_in_bounded_memory(tmp_path):
@@ -31,8 +31,8 @@ def test_every_hostile_recipe_is_refused_with_its_location_in_bounded_memory(tmp
         (tmp_path / name).write_bytes(body if isinstance(body, bytes) else body.encode())
     with open(tmp_path / "huge.yaml", "wb") as f:  # 64 MiB: read only as far as the 1 MiB limit
         f.write(b"model: {family: gpt}\n# " + b"x" * (64 << 20) + b"\n")
-    done = subprocess.run([sys.executable, "-m", "capidsl", "validate", str(tmp_path)], capture_output=True, text=True,
-                          cwd=ROOT, timeout=60, preexec_fn=_limit_memory)
+    done = subprocess.run([sys.executable, "-c", CAPPED, "validate", str(tmp_path)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60)
     assert done.returncode == 1, done.stderr
     out = done.stdout + done.stderr
     assert "Traceback" not in out and "MemoryError" not in out
