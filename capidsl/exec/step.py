@@ -26,6 +26,7 @@ from capidsl.exec.optimizer import learning_rate, make_optimizer
 from capidsl.exec.precision import next_loss_scale, scale_loss, unscale_grads
 from capidsl.exec.pruning import achieved_sparsity
 from capidsl.exec.state import TrainState, abstract_state, model_family
+from capidsl.models.layers import rows_sharding
 from capidsl.plan.plan import Plan
 
 Batch = dict[str, jax.Array]
@@ -135,7 +136,13 @@ def make_train_step(plan: Plan, mesh: Mesh, graphdef: nnx.GraphDef):
         loss_sum = loss_sum.astype(jnp.float32)
         return scale_loss(prec, loss_scale, loss_sum), (loss_sum, weight_sum.astype(jnp.float32), hidden)
 
+    rows_at = batch_sharding(plan, mesh)
+
     def step(state: TrainState, batch: Batch):
+        with rows_sharding(rows_at):  # activations keep the batch's row split (models' shard_rows)
+            return _step(state, batch)
+
+    def _step(state: TrainState, batch: Batch):
         key = jax.random.fold_in(jax.random.key(plan.seed), state.step)
         rows = batch if plan.hidden_state is None else {**batch, "hidden": jax.lax.stop_gradient(state.hidden)}
         micro = split_micro(rows, shards, chunks, mesh, axes)
@@ -195,7 +202,13 @@ def make_eval_step(plan: Plan, mesh: Mesh, graphdef: nnx.GraphDef):
         correct = metrics.get("correct_sum", metrics.get("correct", jnp.zeros(()))) if metrics else jnp.zeros(())
         return jnp.stack([loss_sum.astype(jnp.float32), weight_sum.astype(jnp.float32), jnp.asarray(correct, jnp.float32)])
 
+    rows_at = batch_sharding(plan, mesh)
+
     def eval_step(params, batch: Batch):
+        with rows_sharding(rows_at):
+            return _eval_step(params, batch)
+
+    def _eval_step(params, batch: Batch):
         rows = jax.tree_util.tree_leaves(batch)[0].shape[0]
         chunks = rows // per_chunk if rows % per_chunk == 0 else 1
         if chunks > 1:
@@ -224,9 +237,12 @@ def make_stream_eval_step(plan: Plan, mesh: Mesh, graphdef: nnx.GraphDef):
                          jnp.asarray(metrics.get("correct_sum", 0.0), jnp.float32)])
         return acc + row, hidden
 
+    rows_at = batch_sharding(plan, mesh)
+
     def eval_step(params, batch: Batch, hidden):
         micro = split_micro({**batch, "hidden": hidden}, shards, chunks, mesh, axes)
-        total, hiddens = jax.lax.scan(lambda acc, mb: sums(acc, mb, params), jnp.zeros(3, jnp.float32), micro)
+        with rows_sharding(rows_at):
+            total, hiddens = jax.lax.scan(lambda acc, mb: sums(acc, mb, params), jnp.zeros(3, jnp.float32), micro)
         out = {"loss_sum": total[0], "weight_sum": total[1], "correct_sum": total[2]}
         return out, merge_micro(hiddens, shards, chunks, hidden_sh)
 

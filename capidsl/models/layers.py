@@ -8,11 +8,42 @@ function of (parameters, batch, key). Plain `jnp` operations only, so that ONNX 
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 INIT_STD = 0.02  # GPT-2's initialiser scale for weights and embeddings
+
+# Where the rows of a [batch, ...] activation live while a step is traced: set by the executor
+# from the plan's batch sharding (`rows_sharding`), read by `shard_rows`; None outside a step.
+_ROWS: contextvars.ContextVar = contextvars.ContextVar("capidsl_rows_sharding", default=None)
+
+
+@contextlib.contextmanager
+def rows_sharding(sharding: jax.sharding.NamedSharding):
+    """While tracing a step: a [batch, ...] activation's rows are split as `sharding` splits the batch."""
+    token = _ROWS.set(sharding)
+    try:
+        yield
+    finally:
+        _ROWS.reset(token)
+
+
+def shard_rows(x: jax.Array) -> jax.Array:
+    """Pin `x`'s first dimension to the batch's mesh axes (every other dimension left to XLA).
+
+    Needed after an embedding lookup: GSPMD gives a gather's output the table's sharding, so under
+    FSDP (the table split over `fsdp` on its model dimension) every device would otherwise compute
+    the whole global batch. A no-op outside a step (export, abstract tracing in the plan compiler).
+    """
+    sharding = _ROWS.get()
+    if sharding is None:
+        return x
+    spec = jax.sharding.PartitionSpec(sharding.spec[0] if len(sharding.spec) else None, *([None] * (x.ndim - 1)))
+    return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(sharding.mesh, spec))
 
 
 def param(rngs: nnx.Rngs, shape, dtype, axes, std: float | None) -> nnx.Param:
@@ -24,6 +55,17 @@ def param(rngs: nnx.Rngs, shape, dtype, axes, std: float | None) -> nnx.Param:
     else:
         value = nnx.initializers.normal(std)(rngs.params(), shape, dtype)
     return nnx.Param(value, logical_axes=tuple(axes))
+
+
+def gathered_rows_table(table: jax.Array) -> jax.Array:
+    """A lookup table whole along its model dimension (FSDP gathers it for the lookup), its rows
+    (the vocabulary) split however XLA has them, so that the gathered rows can take the batch's
+    split without a detour through a replicated copy. A no-op outside a step."""
+    sharding = _ROWS.get()
+    if sharding is None:
+        return table
+    spec = jax.sharding.PartitionSpec(jax.sharding.PartitionSpec.UNCONSTRAINED, *([None] * (table.ndim - 1)))
+    return jax.lax.with_sharding_constraint(table, jax.sharding.NamedSharding(sharding.mesh, spec))
 
 
 class Dense(nnx.Module):
@@ -50,7 +92,7 @@ class Embed(nnx.Module):
         self.compute_dtype = compute_dtype
 
     def __call__(self, ids: jax.Array) -> jax.Array:
-        return jnp.take(self.embedding[...], ids, axis=0).astype(self.compute_dtype)
+        return jnp.take(gathered_rows_table(self.embedding[...]), ids, axis=0).astype(self.compute_dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:
         """x @ embeddingᵀ, accumulated and returned in float32 (logits)."""

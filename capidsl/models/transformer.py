@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from capidsl.models.family import LOGICAL_AXES_KEY
-from capidsl.models.layers import INIT_STD, Dense, Embed, Norm, dropout, matmul_f32
+from capidsl.models.layers import INIT_STD, Dense, Embed, Norm, dropout, matmul_f32, shard_rows
 
 REMAT_POLICIES = {
     "full": None,  # jax.checkpoint's default: save nothing but the block's inputs
@@ -180,7 +180,7 @@ class GPT(nnx.Module):
             raise ValueError("dropout > 0 and deterministic=False need rngs with a 'dropout' stream")
         keys = jax.random.split(rngs.dropout(), c.n_layers + 1) if use_dropout else None
 
-        x = self.wte(inputs)
+        x = shard_rows(self.wte(inputs))  # the batch's rows stay split over data × fsdp (see shard_rows)
         if self.wpe is not None:
             x = x + self.wpe.embedding[:t].astype(self.compute_dtype)
         x = dropout(x, c.dropout, keys[0] if use_dropout else None)
