@@ -1,7 +1,10 @@
 """ONNX export of a model family's inference function, verified by onnxruntime before it counts as written.
 
 What is exported is `family.predict(model, inputs)` (float32 logits) with the trained parameters
-baked in as initializers, converted by jax2onnx with the batch dimension symbolic ("batch").
+baked in as initializers, converted by jax2onnx with the batch dimension symbolic ("batch"). A
+stateful family (one with `predict_with_state` and `inference_state`, such as capibara) exports
+`predict_with_state` instead: the graph takes `inputs` and `state` and returns `logits` and
+`new_state`, so a caller streams a long text segment by segment, feeding the state back in.
 Decisions:
 - **Float32 graph.** The model is rebuilt with float32 parameters and computation whatever the
   training precision (bfloat16 values widen exactly): onnxruntime's CPU kernels are float32, and a
@@ -10,7 +13,8 @@ Decisions:
   target, and that file is what `onnx.checker` (full check, with shape inference) and
   onnxruntime read. onnxruntime runs it on held-out inputs — the first rows of the plan's
   validation split (seeded random inputs if that split is empty) — at two batch sizes, and the
-  largest absolute difference from JAX's logits must be at most the plan's tolerance.
+  largest absolute difference from JAX's outputs must be at most the plan's tolerance. A stateful
+  graph is run from a zero state and again from the state JAX reached after that first segment.
 - **Atomic.** Only a verified file is renamed onto the target (`os.replace`); on any failure
   the temporary file is removed and the target is untouched, so a failed export never leaves a
   half-written or unverified model behind.
@@ -51,7 +55,7 @@ class OnnxExport:
     input_shape: tuple[Any, ...]  # ("batch", 16): the first dimension is symbolic
     input_dtype: str
     output_shape: tuple[Any, ...]
-    max_abs_diff: float  # onnxruntime vs JAX logits, over `rows` held-out rows and over 1 row
+    max_abs_diff: float  # onnxruntime vs JAX outputs, over `rows` held-out rows and over 1 row
     tolerance: float
     rows: int
     inputs_from: str  # "validation split" | "seeded random inputs (the validation split is empty)"
@@ -59,12 +63,14 @@ class OnnxExport:
     sha256: str
     convert_s: float
     verify_s: float
+    state_shape: tuple[Any, ...] | None = None  # ("batch", layers, d_state) when the graph takes and returns a state
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     def describe(self) -> str:
-        return (f"exported {self.path} ({self.family}, step {self.step}, opset {self.opset}, "
+        stateful = f", state {self.state_shape} in and out" if self.state_shape else ""
+        return (f"exported {self.path} ({self.family}{stateful}, step {self.step}, opset {self.opset}, "
                 f"{self.bytes / 2**20:.2f} MiB) in {self.convert_s + self.verify_s:.1f} s; onnxruntime matches JAX "
                 f"to {self.max_abs_diff:.3g} max abs diff on {self.rows} rows of the {self.inputs_from} "
                 f"(tolerance {self.tolerance:g})")
@@ -138,16 +144,20 @@ def _quiet(*names: str):
             lg.setLevel(lv)
 
 
-def convert(fn, example: np.ndarray, *, opset: int, input_name: str, family: str):
-    """jax2onnx's ModelProto of `fn`, with the first input dimension symbolic."""
+def convert(fn, example, *, opset: int, input_name, family: str, output_names=("logits",)):
+    """jax2onnx's ModelProto of `fn`, the first dimension of every input symbolic.
+
+    `example` is one array (and `input_name` one name) or a tuple of them, one per argument of `fn`."""
     import jax
     import jax2onnx
 
-    spec = jax.ShapeDtypeStruct((BATCH_DIM, *example.shape[1:]), example.dtype)
+    examples = example if isinstance(example, tuple) else (example,)
+    names = list(input_name) if isinstance(input_name, (tuple, list)) else [input_name]
+    specs = [jax.ShapeDtypeStruct((BATCH_DIM, *x.shape[1:]), x.dtype) for x in examples]
     try:
         with _quiet("onnx_ir", "jax2onnx"):
-            return jax2onnx.to_onnx(fn, [spec], opset=opset, model_name=f"capidsl_{family}",
-                                    input_names=[input_name], output_names=["logits"], return_mode="proto")
+            return jax2onnx.to_onnx(fn, specs, opset=opset, model_name=f"capidsl_{family}",
+                                    input_names=names, output_names=list(output_names), return_mode="proto")
     except Exception as err:  # noqa: BLE001 - any converter failure is one fact for the user
         hint = ("jax2onnx has no ONNX form for an operation in this family's predict(); the family must avoid it "
                 "or a jax2onnx plugin must provide it" if isinstance(err, NotImplementedError)
@@ -156,11 +166,20 @@ def convert(fn, example: np.ndarray, *, opset: int, input_name: str, family: str
                           subject=f"model {family}", hint=hint) from err
 
 
-def verify_file(path: Path, reference, inputs: np.ndarray, tolerance: float, *, subject: str | None = None) -> float:
-    """Check the ONNX file at `path` and return its max abs difference from `reference(inputs)`.
+def _cases(inputs) -> list[tuple[np.ndarray, ...]]:
+    """The argument tuples to run: each given case (one array, a tuple of arrays, or a list of
+    tuples) as it is and cut to its first row (the symbolic batch at size 1)."""
+    given = inputs if isinstance(inputs, list) else [inputs if isinstance(inputs, tuple) else (inputs,)]
+    return [c for case in given for c in (case, tuple(a[:1] for a in case))]
 
-    Raises ExportError when the graph fails `onnx.checker`, its batch dimension is not symbolic,
-    onnxruntime cannot run it, or its logits differ from JAX's by more than `tolerance`.
+
+def verify_file(path: Path, reference, inputs, tolerance: float, *, subject: str | None = None) -> float:
+    """Check the ONNX file at `path` and return its max abs difference from `reference(*inputs)`.
+
+    `inputs` is one array, a tuple of arrays (one per graph input) or a list of such tuples;
+    `reference` returns an array or a tuple of arrays (one per graph output). Raises ExportError
+    when the graph fails `onnx.checker`, its batch dimension is not symbolic, onnxruntime cannot
+    run it, or an output differs from JAX's by more than `tolerance`.
     """
     import onnx
     import onnxruntime as ort
@@ -176,25 +195,30 @@ def verify_file(path: Path, reference, inputs: np.ndarray, tolerance: float, *, 
         raise ExportError("the exported graph's batch dimension is not symbolic", subject=subject)
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        worst = 0.0
-        for x in (inputs, inputs[:1]):
-            want = np.asarray(reference(x), dtype=np.float32)
-            if not np.all(np.isfinite(want)):
-                raise ExportError("the model's own JAX logits are not finite: there is nothing to verify against",
-                                  subject=subject, hint="export a checkpoint with finite weights (--step)")
-            got = session.run(None, {name: x})[0]
-            if got.shape != want.shape:
-                raise ExportError(f"onnxruntime returns logits of shape {got.shape}, JAX {want.shape}", subject=subject)
-            diff = float(np.max(np.abs(got.astype(np.float32) - want))) if want.size else 0.0
-            worst = diff if not math.isfinite(diff) else max(worst, diff)
+        names = [i.name for i in session.get_inputs()]
+        outputs = [o.name for o in session.get_outputs()]
+        worst, worst_out = 0.0, outputs[0] if outputs else "outputs"
+        for case in _cases(inputs):
+            wanted = reference(*case)
+            wanted = wanted if isinstance(wanted, tuple) else (wanted,)
+            got_all = session.run(None, dict(zip(names, case)))
+            for out, want, got in zip(outputs, wanted, got_all):
+                want = np.asarray(want, dtype=np.float32)
+                if not np.all(np.isfinite(want)):
+                    raise ExportError("the model's own JAX outputs are not finite: there is nothing to verify against",
+                                      subject=subject, hint="export a checkpoint with finite weights (--step)")
+                if got.shape != want.shape:
+                    raise ExportError(f"onnxruntime returns {out} of shape {got.shape}, JAX {want.shape}", subject=subject)
+                diff = float(np.max(np.abs(got.astype(np.float32) - want))) if want.size else 0.0
+                if not math.isfinite(diff) or diff > worst:
+                    worst, worst_out = diff, out
     except ExportError:
         raise
     except Exception as err:  # noqa: BLE001 - onnxruntime's pybind errors have no common base worth naming
         raise ExportError(f"onnxruntime cannot run the model: {type(err).__name__}: {str(err)[:300]}",
                           subject=subject) from err
     if not math.isfinite(worst) or worst > tolerance:
-        raise ExportError(f"onnxruntime's logits differ from JAX's by {worst:.3g} (max abs), more than the tolerance "
+        raise ExportError(f"onnxruntime's {worst_out} differ from JAX's by {worst:.3g} (max abs), more than the tolerance "
                           f"{tolerance:g}; nothing was written", subject=subject,
                           hint="raise export.tolerance (--tolerance) if that precision is acceptable, "
                           "or try another export.opset (--opset)")
@@ -209,7 +233,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_verified(proto, target: Path, reference, inputs: np.ndarray, tolerance: float) -> tuple[float, int, str]:
+def write_verified(proto, target: Path, reference, inputs, tolerance: float) -> tuple[float, int, str]:
     """Serialize `proto` beside `target`, verify that file, and only then rename it onto `target`.
 
     Returns (max abs diff, bytes, sha256). On failure nothing is left at or beside `target`.
@@ -253,19 +277,40 @@ def export_onnx(plan, params, step: int, target: str | os.PathLike, *, opset: in
     fam, model = inference_model(plan, params)
     inputs, where = held_out_inputs(plan)
     input_name = INPUT_KEY[plan.data.kind]
+    stateful = callable(getattr(fam, "predict_with_state", None)) and callable(getattr(fam, "inference_state", None))
 
-    def predict(x):
-        return fam.predict(model, x)
+    if stateful:
+        def predict(x, state):
+            return fam.predict_with_state(model, x, state)
 
-    proto = convert(predict, inputs, opset=opset, input_name=input_name, family=plan.model.family)
+        cfg = fam.normalize(plan.model.options)
+        zeros = np.zeros(fam.inference_state(cfg, len(inputs)), np.float32)
+        proto = convert(predict, (inputs, zeros), opset=opset, input_name=(input_name, "state"),
+                        family=plan.model.family, output_names=("logits", "new_state"))
+    else:
+        def predict(x):
+            return fam.predict(model, x)
+
+        proto = convert(predict, inputs, opset=opset, input_name=input_name, family=plan.model.family)
     convert_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    reference = jax.jit(predict)
-    diff, size, digest = write_verified(proto, target, lambda x: np.asarray(reference(x)), inputs, tolerance)
-    out_shape = tuple(np.asarray(reference(inputs[:1])).shape[1:])
+    jitted = jax.jit(predict)
+
+    def reference(*args):
+        out = jitted(*args)
+        return tuple(np.asarray(a) for a in out) if isinstance(out, tuple) else np.asarray(out)
+
+    if stateful:  # from a zero state, then from the state the first segment left
+        cases = [(inputs, zeros), (inputs, reference(inputs, zeros)[1])]
+        diff, size, digest = write_verified(proto, target, reference, cases, tolerance)
+        out_shape = reference(inputs[:1], zeros[:1])[0].shape[1:]
+    else:
+        diff, size, digest = write_verified(proto, target, reference, inputs, tolerance)
+        out_shape = reference(inputs[:1]).shape[1:]
     return OnnxExport(
         path=str(target), step=int(step), family=plan.model.family, opset=opset, input_name=input_name,
         input_shape=(BATCH_DIM, *inputs.shape[1:]), input_dtype=str(inputs.dtype), output_shape=(BATCH_DIM, *out_shape),
         max_abs_diff=diff, tolerance=tolerance, rows=int(len(inputs)), inputs_from=where, bytes=size, sha256=digest,
         convert_s=round(convert_s, 3), verify_s=round(time.perf_counter() - t1, 3),
+        state_shape=(BATCH_DIM, *zeros.shape[1:]) if stateful else None,
     )

@@ -12,8 +12,8 @@ Options (recipe `model:` keys) and their defaults:
     dropout          0.0: residual dropout
     norm_eps         1e-5
 Beyond `ModelFamily`, a stateful family answers `carried_state(cfg, batch)` (None when nothing is
-carried), `loss_with_state` and `predict_with_state` — the function an ONNX export traces so that
-the exported graph takes and returns the state.
+carried), `loss_with_state`, and `predict_with_state` with `inference_state(cfg, batch)` — the
+function an ONNX export traces, so that the exported graph takes and returns the state.
 """
 
 from __future__ import annotations
@@ -103,7 +103,13 @@ class CapibaraFamily(ModelFamily):
         c = self.normalize(cfg)
         if c["hidden_state"] != "carry":
             return None
-        return {"shape": (int(batch_size), c["n_layers"], c["d_state"]), "dtype": "float32", "logical_axes": STATE_AXES}
+        return {"shape": self.inference_state(c, batch_size), "dtype": "float32", "logical_axes": STATE_AXES}
+
+    def inference_state(self, cfg, batch_size: int) -> tuple[int, ...]:
+        """The float32 state `predict_with_state` takes and returns for `batch_size` rows (whatever
+        `hidden_state` says about training: a deployed model streams text either way)."""
+        c = self.normalize(cfg)
+        return (int(batch_size), c["n_layers"], c["d_state"])
 
     # -- counting ------------------------------------------------------------------------------
 

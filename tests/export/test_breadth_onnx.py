@@ -92,8 +92,16 @@ def test_capibara_exports_a_graph_that_takes_and_returns_the_state(tmp_path):
         assert np.max(np.abs(logits_onnx - logits_jax)) < 1e-4 and np.max(np.abs(state_onnx - state_jax)) < 1e-4
     assert np.abs(state_onnx).max() > 1e-2
 
-    result = export_onnx(plan, params, 0, tmp_path / "capibara.onnx")  # `capidsl export`: predict() from zeros
+    # `capidsl export` writes the same stateful graph, verified from a zero and from a carried state
+    result = export_onnx(plan, params, 0, tmp_path / "capibara.onnx")
     assert result.max_abs_diff <= plan.export.tolerance and result.family == "capibara"
+    assert result.state_shape == ("batch", 2, 24) and "state" in result.describe()
+    written = ort.InferenceSession(str(tmp_path / "capibara.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in written.get_inputs()] == ["inputs", "state"]
+    assert [o.name for o in written.get_outputs()] == ["logits", "new_state"]
+    logits, new_state = written.run(None, {"inputs": text[:, :12], "state": np.zeros((3, 2, 24), np.float32)})
+    want_logits, want_state = (np.asarray(a) for a in train_path(text[:, :12], np.zeros((3, 2, 24), np.float32)))
+    assert np.max(np.abs(logits - want_logits)) < 1e-4 and np.max(np.abs(new_state - want_state)) < 1e-4
 
 
 @pytest.mark.slow
