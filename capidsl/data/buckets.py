@@ -120,12 +120,10 @@ def train_loader(data, *, global_batch: int, process_index: int = 0, process_cou
     """An endless iterator of this process's rows of each bucketed batch; `get_state`/`set_state` resume exactly.
 
     `global_batch` is unused: each bucket has its own number of rows (the plan's `data.buckets`)."""
-    import grain  # here, not at the top: the plan compiler counts buckets without loading grain
+    from capidsl.data.iterate import iterate  # here, not at the top: the plan compiler counts buckets without grain
 
     table = _BucketTable(data, process_index, process_count)
-    ds = grain.MapDataset.range(2**62).map(table)
-    options = grain.ReadOptions(num_threads=max(1, int(data.workers) or 1), prefetch_buffer_size=max(1, int(data.prefetch)))
-    return iter(ds.to_iter_dataset(options))
+    return iterate(table, data)
 
 
 def eval_batches(data, *, global_batch: int, process_index: int = 0, process_count: int = 1,

@@ -4,7 +4,8 @@ Global batch `b` (counting from 0 over the whole run) is the slice `[i*B, (i+1)*
 permutation of all windows, where `e, i = divmod(b, steps_per_epoch)`; each epoch drops its last
 `N mod B` windows (a different remainder every epoch). Process `p` of `P` takes rows
 `[p*B/P, (p+1)*B/P)` of each batch, so the processes' rows are disjoint and their union is every
-batch exactly once. grain runs this index → batch map with read-ahead threads and keeps the
+batch exactly once. grain runs this index → batch map (read ahead, or in `data.workers` worker
+processes: capidsl/data/iterate.py) and keeps the
 position (`next_index`) as its iterator state, so a resumed loader yields the same batches.
 """
 
@@ -12,10 +13,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import grain
 import numpy as np
 
 from capidsl.data.errors import DataError
+from capidsl.data.iterate import iterate
 from capidsl.data.sources import classification_arrays, lm_streams, source_key
 
 
@@ -72,9 +73,7 @@ class _BatchTable:
 def train_loader(data, *, global_batch: int, process_index: int = 0, process_count: int = 1):
     """An endless iterator of this process's rows of each training batch; `get_state`/`set_state` resume exactly."""
     table = _BatchTable(data, global_batch, process_index, process_count)
-    ds = grain.MapDataset.range(2**62).map(table)
-    options = grain.ReadOptions(num_threads=max(1, int(data.workers) or 1), prefetch_buffer_size=max(1, int(data.prefetch)))
-    return iter(ds.to_iter_dataset(options))
+    return iterate(table, data)
 
 
 def eval_batches(data, *, global_batch: int, process_index: int = 0, process_count: int = 1,

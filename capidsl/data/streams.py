@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import grain
 import numpy as np
 
 from capidsl.data.describe import stream_windows
 from capidsl.data.errors import DataError
+from capidsl.data.iterate import iterate
 from capidsl.data.sources import lm_streams, source_key
 
 
@@ -73,9 +73,7 @@ class _StreamTable:
 def train_loader(data, *, global_batch: int, process_index: int = 0, process_count: int = 1):
     """An endless iterator of this process's rows of each training batch; `get_state`/`set_state` resume exactly."""
     table = _StreamTable(data, 0, global_batch, process_index, process_count, shuffle=bool(data.shuffle))
-    ds = grain.MapDataset.range(2**62).map(table)
-    options = grain.ReadOptions(num_threads=max(1, int(data.workers) or 1), prefetch_buffer_size=max(1, int(data.prefetch)))
-    return iter(ds.to_iter_dataset(options))
+    return iterate(table, data)
 
 
 def eval_batches(data, *, global_batch: int, process_index: int = 0, process_count: int = 1,

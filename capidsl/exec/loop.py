@@ -371,6 +371,8 @@ def _run(plan: Plan, run_dir, *, max_steps: int | None, stdout_is_tty: bool | No
     finally:
         progress.close()
         writer.close()
+        if callable(getattr(loader, "close", None)):  # grain's worker processes, when the plan has them
+            loader.close()
         train_time += time.perf_counter() - segment_start
 
     # -- the weights the run ends with: the best ones under restore_best --

@@ -86,6 +86,26 @@ def test_resume_is_exact(k):
         np.testing.assert_array_equal(x["inputs"], y["inputs"])
 
 
+def test_worker_processes_yield_the_same_batches_and_resume_exactly():
+    """data.workers: 2 spawns two grain worker processes; batch for batch it is workers: 0."""
+    inline = take(train_loader(data_plan(), global_batch=8), 16)
+    it = train_loader(data_plan(workers=2), global_batch=8)
+    try:
+        first = take(it, 12)  # across the epoch boundary (11 steps per epoch)
+        state = it.get_state()
+    finally:
+        it.close()
+    resumed = train_loader(data_plan(workers=2), global_batch=8)
+    try:
+        resumed.set_state(state)
+        rest = take(resumed, 4)
+    finally:
+        resumed.close()
+    for x, y in zip(inline, first + rest):
+        np.testing.assert_array_equal(x["inputs"], y["inputs"])
+        np.testing.assert_array_equal(x["targets"], y["targets"])
+
+
 def test_describe_matches_what_the_loader_yields():
     d = data_plan(synthetic_examples=57, validation_fraction=0.2)
     info = describe(d)

@@ -6,12 +6,16 @@ manifest; every restart must succeed and the run must end with the uninterrupted
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import random
 import signal
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
-from fault_runs import TOTAL_STEPS
+from fault_runs import TOTAL_STEPS, fault_plan
 
 import runs
 
@@ -72,3 +76,42 @@ def test_sigterm_saves_exits_0_resumable_and_resumes_identically(tmp_path, plan_
     resumed = runs.run(runs.driver_cmd(plan_json, tmp_path), e)
     assert resumed.returncode == 0, resumed.stderr
     assert runs.summary(tmp_path)["params_sha256"] == straight["params_sha256"]
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    return [int(x) for x in out.stdout.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+@pytest.mark.slow
+def test_sigkill_with_worker_processes_ends_them_and_resumes_to_the_same_parameters(tmp_path, cache, straight):
+    """data.workers: 2 — grain's workers die with the killed trainer, and the batches (so the weights)
+    are those of the in-process pipeline."""
+    plan = fault_plan()
+    plan = dataclasses.replace(plan, data=dataclasses.replace(plan.data, workers=2))
+    plan_json = tmp_path / "plan.json"
+    plan_json.write_text(plan.dumps())
+    run_dir = tmp_path / "run"
+    e = runs.env(cache=cache)
+    proc = runs.start(runs.driver_cmd(plan_json, run_dir), e)
+    runs.wait_for_checkpoint(run_dir, proc, min_step=20)
+    workers = [c for c in _children(proc.pid) if "multiprocessing" in Path(f"/proc/{c}/cmdline").read_text()]
+    assert len(workers) >= 2, workers
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    deadline = time.monotonic() + 30
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in workers), "grain worker processes outlived the killed trainer"
+    resumed = runs.run(runs.driver_cmd(plan_json, run_dir), e)
+    assert resumed.returncode == 0, resumed.stderr
+    got = runs.summary(run_dir)
+    assert got["resumed_from"] >= 20 and got["params_sha256"] == straight["params_sha256"]
