@@ -56,7 +56,7 @@ def parse_coordinator(text: str) -> str:
 def _detected_environment():
     """JAX's cluster detector that recognises this process's environment (in JAX's own order), or None."""
     try:
-        from jax._src import clusters  # JAX's detectors: no public API lists them (docs/stack-notes-distributed.md)
+        from jax._src import clusters  # JAX's detectors: no public API lists them (docs/stack-notes.md)
     except ImportError:
         return None
     for env in getattr(clusters.ClusterEnv, "_cluster_types", ()):  # private: absent in another jax, none found
