@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-from capidsl.errors import CapidslError
+from capidsl.errors import SubjectError
 
 
-class ExportError(CapidslError):
+class ExportError(SubjectError):
     """An export or a transfer that cannot be done as asked; `subject` names the file, run or gs:// URL."""
-
-    def __init__(self, message: str, *, subject: str | None = None, hint: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.subject = subject
-        self.hint = hint
-
-    def render(self) -> str:
-        head = f"{self.subject}: {self.message}" if self.subject else self.message
-        return f"{head}\n  hint: {self.hint}" if self.hint else head
 
 
 class StorageError(ExportError):
