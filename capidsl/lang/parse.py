@@ -21,7 +21,8 @@ from capidsl.lang.schedules import (
     Constant, Cosine, Exponential, InverseSqrt, Linear, Rest, Schedule, WarmupStableDecay,
 )
 from capidsl.lang.stop import (
-    AllOf, AnyOf, BestOf, Compare, Const, Finite, Latest, Not, Progress, Stalls, StopRule, direction_of,
+    BUILTIN_DIRECTIONS, AllOf, AnyOf, BestOf, Compare, Const, Finite, Latest, Not, Progress, Stalls, StopRule,
+    direction_of,
 )
 from capidsl.resources import resource_path
 
@@ -142,9 +143,12 @@ class _Builder(Transformer):
     def _direction(self, token: Token, explicit: str | None = None) -> str:
         mode = explicit or direction_of(str(token), self.directions)
         if mode is None:
+            known = [*BUILTIN_DIRECTIONS, *self.directions]
+            close = difflib.get_close_matches(str(token), known, n=1, cutoff=0.8)
+            typo = f"did you mean {close[0]}? If not, " if close else ""
             raise self._error(
                 f"cannot tell whether a higher or a lower {token} is better", token.start_pos,
-                hint=f"add `mode min` or `mode max`, or declare it in stop.directions ({token}: max)",
+                hint=f"{typo}add `mode min` or `mode max`, or declare it in stop.directions ({token}: max)",
             )
         return mode
 

@@ -55,6 +55,10 @@ def test_directions():
     with pytest.raises(LangError) as err:
         parse_stop_rule("loss < 1 or score stalls for 3 evals")
     assert err.value.column == 13 and "higher or a lower score" in err.value.message
+    assert "did you mean" not in (err.value.hint or "")
+    with pytest.raises(LangError) as err:  # a misspelt metric is most likely a typo, not a new metric
+        parse_stop_rule("val_los stalls for 3 evals")
+    assert err.value.hint.startswith("did you mean val_loss?")
     r = parse_stop_rule("score stalls for 3 evals", directions={"score": "max"})
     assert r.expr.mode == "max"
     assert str(r) == "score stalls for 3 evals mode max"
