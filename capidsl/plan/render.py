@@ -110,9 +110,10 @@ def render(plan: Plan) -> Group:
     batching = Text(f"batch {b.global_batch} = micro {b.micro_batch} × accumulation {b.accumulation} × data-parallel "
                     f"{b.data_parallel}   precision {plan.precision.param_dtype}/{plan.precision.compute_dtype}/"
                     f"{plan.precision.output_dtype}   optimizer {plan.optimizer.name}   remat {plan.model.remat}")
-    cad = Text(f"schedule {plan.schedule.text}\nstop {plan.stop.rule or 'at the end'}   eval every {c.eval_every} steps "
-               f"({c.eval_batches} batches)   checkpoint every {c.checkpoint_every} steps, keep {plan.checkpoint.keep}   "
-               f"log every {c.log_every}")
+    evals = f"eval every {c.eval_every} steps ({c.eval_batches} batches)" if c.eval_every else "no evaluation"
+    ckpts = f"checkpoint every {c.checkpoint_every} steps" if c.checkpoint_every else "checkpoint at the end"
+    cad = Text(f"schedule {plan.schedule.text}\nstop {plan.stop.rule or 'at the end'}   {evals}   "
+               f"{ckpts}, keep {plan.checkpoint.keep}   log every {c.log_every}")
 
     table = Table(title="parameters (per device after sharding; logical axis→mesh axes)", title_justify="left",
                   show_edge=False, pad_edge=False)
