@@ -16,160 +16,31 @@ Reads like nanoGPT's train.py with every decision taken from the Plan. What is w
 from __future__ import annotations
 
 import math
-import signal
-import threading
 import time
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from capidsl.exec.checkpoint import CheckpointWarning, Checkpoints, decode_loader_state, encode_loader_state
-from capidsl.exec.distributed import preempted, process_rows, signals_to_catch
+from capidsl.exec.distributed import preempted, process_rows
 from capidsl.exec.errors import RunError
+from capidsl.exec.evaluate import Evaluator, to_device
 from capidsl.exec.mesh import build_mesh
-from capidsl.exec.metrics import MetricsWriter, device_peak_bytes, host_peak_rss_bytes, json_number
+from capidsl.exec.metrics import MetricsWriter, device_peak_bytes, host_peak_rss_bytes
 from capidsl.exec.progress import Progress, format_duration
 from capidsl.exec.resume import check_resume
-from capidsl.exec.state import abstract_state, init_state, initial_hidden
-from capidsl.exec.step import batch_sharding, make_evaluator_step, make_train_step
+from capidsl.exec.signals import Signals
+from capidsl.exec.state import abstract_state, init_state
+from capidsl.exec.step import make_train_step
 from capidsl.exec.summary import Summary, params_sha256
+from capidsl.exec.window import Window, decode_record, encode_record, train_row
 from capidsl.lang.ast import Record
 from capidsl.plan.plan import Plan
 
 
 # ---- small pieces the loop reads ---------------------------------------------------------------
-
-
-def encode_record(r: Record) -> dict[str, Any]:
-    return {"step": r.step, "time_s": r.time_s, "kind": r.kind, "metrics": {k: json_number(v) for k, v in r.metrics.items()}}
-
-
-def decode_record(d: dict[str, Any]) -> Record:
-    return Record(step=int(d["step"]), time_s=float(d["time_s"]), kind=d["kind"],
-                  metrics={k: float(v) for k, v in d["metrics"].items()})
-
-
-# Step metrics summed over a log window (tokens of variable-size batches: the padding fraction).
-WINDOW_SUMS = ("real_tokens", "padded_tokens")
-
-
-class Window:
-    """Per-step losses (and WINDOW_SUMS) summed on the device since the last log line, plus timings."""
-
-    def __init__(self, loss_sum: float = 0.0, count: int = 0, sums: dict[str, float] | None = None):
-        self.loss_sum = jnp.asarray(loss_sum, jnp.float32)
-        self.count = count
-        self.sums = {k: jnp.asarray(v, jnp.float32) for k, v in (sums or {}).items()}
-        self.wait_s = 0.0
-        self.started = time.perf_counter()
-
-    def add(self, loss: jax.Array, wait_s: float, metrics: dict[str, jax.Array] | None = None) -> None:
-        self.loss_sum = self.loss_sum + loss  # dispatched, not waited for
-        self.count += 1
-        self.wait_s += wait_s
-        for k in WINDOW_SUMS:
-            if metrics is not None and k in metrics:
-                self.sums[k] = self.sums.get(k, jnp.zeros((), jnp.float32)) + metrics[k]
-
-    def mean_loss(self) -> float:
-        return float(self.loss_sum) / max(1, self.count)
-
-    def to_json(self) -> dict[str, Any]:
-        """The exact float32 sum (repr of a float32 value is exact in JSON) and its count."""
-        return {"loss_sum": json_number(float(self.loss_sum)), "count": self.count,
-                "sums": {k: json_number(float(v)) for k, v in self.sums.items()}}
-
-
-class Signals:
-    """SIGTERM/SIGINT set a flag that the loop reads after each step (a second SIGINT interrupts)."""
-
-    def __init__(self):
-        self.received: str | None = None
-
-    def _handle(self, signum, frame):
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.received = signal.Signals(signum).name
-
-    @contextmanager
-    def installed(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        old = {s: signal.signal(s, self._handle) for s in signals_to_catch()}
-        try:
-            yield self
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-
-
-def _to_device(plan: Plan, mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """This process's rows of the global batch → one global array per key, split as the plan says."""
-    sharding = batch_sharding(plan, mesh)
-    _, blocks = process_rows(plan, mesh)  # explicit: hosts that are replicas (a tensor axis across hosts) load the same rows
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v), (len(v) * blocks,) + np.shape(v)[1:])
-            for k, v in local.items()}
-
-
-class Evaluator:
-    """Validation metrics of some parameters over the plan's fixed eval batches (kept on the devices)."""
-
-    def __init__(self, plan: Plan, mesh, graphdef):
-        self.plan, self.mesh = plan, mesh
-        self.step = make_evaluator_step(plan, mesh, graphdef)  # (params, batch, carried state) -> (sums, state)
-        self.batches: list[dict[str, jax.Array]] | None = None
-
-    def __call__(self, params) -> dict[str, float]:
-        plan = self.plan
-        if self.batches is None:
-            from capidsl.data import eval_batches
-
-            block, blocks = process_rows(plan, self.mesh)
-            local = eval_batches(plan.data, global_batch=plan.batch.global_batch, process_index=block,
-                                 process_count=blocks, max_batches=plan.cadence.eval_batches)
-            self.batches = [_to_device(plan, self.mesh, b) for b in local]
-        if not self.batches:
-            raise RunError("the validation split is empty", subject="eval", hint="raise data.validation_fraction")
-        totals, hidden = None, initial_hidden(plan)  # a carried state: every validation stream from zero, in order
-        for b in self.batches:
-            sums, hidden = self.step(params, b, hidden)
-            totals = sums if totals is None else {k: totals[k] + sums[k] for k in sums}
-        t = {k: float(v) for k, v in totals.items()}
-        w = max(t["weight_sum"], 1e-9)
-        out = {"val_loss": t["loss_sum"] / w}
-        if plan.data.kind == "lm":
-            out["val_perplexity"] = math.exp(min(out["val_loss"], 700.0))
-        else:
-            out["val_accuracy"] = t["correct_sum"] / w
-        return out
-
-
-def train_row(plan: Plan, step: int, window: Window, metrics: dict[str, jax.Array]) -> dict[str, Any]:
-    """One line of metrics.jsonl for a log step (this fetches the step's metrics from the device)."""
-    loss = window.mean_loss()  # waits for the step: the timings below cover the computation, not its dispatch
-    elapsed = time.perf_counter() - window.started
-    row = {
-        "step": step, "epoch": step / max(1, plan.cadence.steps_per_epoch), "loss": loss,
-        "lr": float(metrics["lr"]), "grad_norm": float(metrics["grad_norm"]),
-        "tokens_per_s": float(window.sums["real_tokens"]) / max(elapsed, 1e-9) if "real_tokens" in window.sums
-        else window.count * plan.batch.tokens_per_step / max(elapsed, 1e-9),  # padded rows: the real tokens
-        "step_time_s": elapsed / window.count, "data_wait_s": window.wait_s / window.count,
-        "device_peak_bytes": device_peak_bytes(), "host_peak_rss_bytes": host_peak_rss_bytes(),
-    }
-    if "loss_scale" in metrics:
-        row["loss_scale"] = float(metrics["loss_scale"])
-    if "sparsity" in metrics:  # pruning: the share of pruned weights that are zero after this step
-        row["sparsity"] = float(metrics["sparsity"])
-    if "padded_tokens" in window.sums:  # variable-size batches: padding over the window's positions
-        padded, real = float(window.sums["padded_tokens"]), float(window.sums["real_tokens"])
-        row["padding_fraction"] = padded / max(padded + real, 1.0)
-    return row
 
 
 def _iterator(loader):
@@ -326,7 +197,7 @@ def _run(plan: Plan, run_dir, *, max_steps: int | None, stdout_is_tty: bool | No
             t0 = time.perf_counter()
             local = next(loader)
             wait = time.perf_counter() - t0
-            state, last_metrics = train_step(state, _to_device(plan, mesh, local))
+            state, last_metrics = train_step(state, to_device(plan, mesh, local))
             step += 1
             window.add(last_metrics["loss"], wait, last_metrics)
             ckpts.poll()
