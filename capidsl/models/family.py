@@ -10,6 +10,7 @@ the plan compiler maps those names to mesh axes. Nothing here imports JAX at mod
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ class ParamInfo:
         return math.prod(self.shape)
 
 
-class ModelFamily:
+class ModelFamily(abc.ABC):
     """A named family of models. Subclass it (or provide the same methods) and register it.
 
     `cfg` below is always the plain dict returned by `normalize`, which must be idempotent:
@@ -46,48 +47,48 @@ class ModelFamily:
 
     name: str = "?"
 
+    @abc.abstractmethod
     def normalize(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """The recipe's model keys (minus "family") with every default filled in, as a plain JSON-able dict."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def build(self, cfg: Mapping[str, Any], *, rngs, param_dtype, compute_dtype, remat: str = "none"):
         """The flax.nnx module. It must hold nothing but `nnx.Param`s (dropout RNG comes through `loss`)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def param_count(self, cfg: Mapping[str, Any]) -> int:
         """The exact number of parameter scalars, computed analytically (equals the built model's)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def batch_shapes(self, cfg: Mapping[str, Any], batch_size: int) -> dict[str, tuple[tuple[int, ...], str]]:
         """The arrays of one batch of `batch_size` rows: name -> (shape, dtype name)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def loss(self, model, batch, *, deterministic: bool, rngs=None):
         """(loss_sum, weight_sum, metrics): float32 sums over real (mask > 0) examples/tokens.
 
         Sums, not means, so that gradient accumulation divides once by the total weight over all
         micro-batches. `metrics` holds at least "correct_sum" (the weighted count of argmax hits).
         """
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def predict(self, model, inputs):
         """The inference function: float32 logits for `inputs` (what ONNX export traces)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def flops_per_token(self, cfg: Mapping[str, Any]) -> float:
         """Model FLOPs per token (or example) for one forward and backward pass."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def activation_bytes_per_layer(self, cfg: Mapping[str, Any], micro_batch: int, compute_bytes: int, remat: str) -> int:
         """Bytes of activations one layer keeps for the backward pass, for one micro-batch.
 
         The plan counts the residuals of `jax.vjp(loss)` itself (capidsl/plan/activations.py) and uses
         this formula only when the family's loss cannot be traced on abstract parameters."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def num_layers(self, cfg: Mapping[str, Any]) -> int:
         """How many layers `activation_bytes_per_layer` is multiplied by."""
-        raise NotImplementedError
 
     # -- shared by the built-in families -------------------------------------------------------
 

@@ -39,8 +39,9 @@ def family_names() -> list[str]:
 
 
 def _instance(obj, name: str, origin: str):
-    family = obj() if isinstance(obj, type) else obj
-    missing = [m for m in REQUIRED_METHODS if not callable(getattr(family, m, None))]
+    abstract = sorted(getattr(obj, "__abstractmethods__", ())) if isinstance(obj, type) else []
+    family = obj() if isinstance(obj, type) and not abstract else obj
+    missing = abstract or [m for m in REQUIRED_METHODS if not callable(getattr(family, m, None))]
     if missing:
         raise ModelError(
             f"{origin} does not provide a model family (missing {', '.join(missing)})",

@@ -47,6 +47,17 @@ def test_entry_point_that_is_not_a_family(monkeypatch):
         get_family("toy")
 
 
+class _Half(ModelFamily):  # a subclass that forgot most of the contract
+    def normalize(self, options):
+        return dict(options)
+
+
+def test_entry_point_class_missing_methods_names_them(monkeypatch):
+    _fake_entry_points(monkeypatch, f"{__name__}:_Half")
+    with pytest.raises(ModelError, match=r"missing activation_bytes_per_layer, batch_shapes, build"):
+        get_family("toy")
+
+
 def test_broken_entry_point_names_itself(monkeypatch):
     _fake_entry_points(monkeypatch, "no_such_module_xyz:Family")
     with pytest.raises(ModelError, match="no_such_module_xyz"):
