@@ -10,7 +10,6 @@ import dataclasses
 import os
 import random
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -79,8 +78,16 @@ def test_sigterm_saves_exits_0_resumable_and_resumes_identically(tmp_path, plan_
 
 
 def _children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-    return [int(x) for x in out.stdout.split()]
+    """Child processes of `pid`, read from /proc (field 4 of /proc/N/stat is the parent's pid)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def _alive(pid: int) -> bool:
