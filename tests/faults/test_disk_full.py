@@ -33,13 +33,12 @@ def _mount_tmpfs(where: Path, size: str) -> bool:
 
 
 def _fill(folder: Path) -> None:
-    """Write zeros until the file system says ENOSPC."""
+    """Write zeros until the file system says ENOSPC (unbuffered: nothing is left to flush at close)."""
     chunk = b"\0" * 65536
-    with open(folder / "ballast", "wb") as f:
+    with open(folder / "ballast", "wb", buffering=0) as f:
         try:
             while True:
                 f.write(chunk)
-                f.flush()
         except OSError as err:
             assert err.errno == errno.ENOSPC, err
 
@@ -50,6 +49,7 @@ def test_disk_full_stops_cleanly_and_the_earlier_checkpoints_resume(tmp_path, pl
     if not _mount_tmpfs(disk, "8m"):
         _simulated_disk_full(tmp_path)
         return
+    proc = None
     try:
         run_dir = disk / "run"
         e = runs.env(cache=cache)
@@ -64,7 +64,10 @@ def test_disk_full_stops_cleanly_and_the_earlier_checkpoints_resume(tmp_path, pl
         moved = tmp_path / "moved"  # the user frees space: here, the run directory moves to a roomy disk
         shutil.copytree(run_dir, moved)
     finally:
-        subprocess.run(["umount", str(disk)], capture_output=True, timeout=30)
+        if proc is not None and proc.poll() is None:  # the test failed first: the run must not hold the mount
+            proc.kill()
+            proc.communicate()
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True, timeout=30)
     resumed = runs.run(runs.driver_cmd(plan_json, moved), runs.env(cache=cache))
     assert resumed.returncode == 0, resumed.stderr
     got = runs.summary(moved)
