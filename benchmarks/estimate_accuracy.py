@@ -45,6 +45,7 @@ CASES = {  # name: (recipe, overrides, overrides on meshes with tensor > 1)
     "seed": ("seed.yaml", ("training.batch_size=64",), ()),
     "pruning": ("pruning.yaml", (), ()),
     "capibara": ("capibara.yaml", (), ()),
+    "batching": ("batching.yaml", ("data.token_budget=32768",), ()),
     "gpt2-small": ("gpt2-small.yaml", SMALL_BATCH, ("mesh.rules.vocab=null",)),
     "llama-7b": ("llama-7b.yaml", SMALL_BATCH, ()),
     "llama-70b-fsdp": ("llama-70b-fsdp.yaml", SMALL_BATCH, ()),
