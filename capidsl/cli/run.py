@@ -30,7 +30,8 @@ def load_plan(target: str, overrides: list[str]):
     """A Plan from a plan.json as is, or compiled from a recipe with its --set overrides."""
     if target.startswith("gs://"):  # read from a downloaded copy (a recipe with the files its extends names)
         from capidsl.export.gcs import GsUrl
-        from capidsl.export.workdir import fetch_file, fetch_recipe
+        from capidsl.cli.remote import fetch_recipe
+        from capidsl.export.workdir import fetch_file
 
         target = str(fetch_file(GsUrl.parse(target)) if target.endswith(".json") else fetch_recipe(target))
     path = Path(target)

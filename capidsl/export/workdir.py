@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import posixpath
 import re
 import shutil
 from pathlib import Path
@@ -30,7 +29,6 @@ from capidsl.export.gcs import GsUrl, Store
 CACHE_ENV = "CAPIDSL_CACHE_DIR"
 TOP_FILES = ("plan.json", "metrics.jsonl", "summary.json")
 _STEP_MANIFEST = re.compile(r"^checkpoints/(\d+)/" + re.escape(MANIFEST) + "$")
-MAX_EXTENDS = 16
 
 
 def cache_root() -> Path:
@@ -130,30 +128,3 @@ def fetch_file(url: GsUrl, store: Store | None = None) -> Path:
     tmp.write_bytes(data)
     os.replace(tmp, dest)
     return dest
-
-
-def fetch_recipe(text: str) -> Path:
-    """A gs:// recipe (and the files its `extends` chain names, relative to it) downloaded; its local path."""
-    import yaml
-
-    url = GsUrl.parse(text)
-    if not url.prefix:
-        raise StorageError("a recipe URL names an object, not a bucket", subject=text)
-    store = Store(GsUrl(url.bucket, ""))
-    first = path = fetch_file(url, store)
-    seen = {url.prefix}
-    for _ in range(MAX_EXTENDS):  # deeper chains, and cycles, are reported by the recipe loader itself
-        try:
-            data = yaml.safe_load(path.read_text())
-        except (yaml.YAMLError, OSError, UnicodeDecodeError):
-            break  # the recipe loader reports it, with its position
-        parent = data.get("extends") if isinstance(data, dict) else None
-        if not isinstance(parent, str) or posixpath.isabs(parent):
-            break
-        name = posixpath.normpath(posixpath.join(posixpath.dirname(url.prefix), parent))
-        if name.startswith("..") or name in seen:
-            break
-        seen.add(name)
-        url = GsUrl(url.bucket, name)
-        path = fetch_file(url, store)
-    return first
