@@ -43,11 +43,6 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def batch_sharding(plan: Plan, mesh: Mesh) -> NamedSharding:
-    """Where a [batch, ...] input array lives: its rows split over the plan's batch axes."""
-    return named_sharding(mesh, plan.sharding.batch_spec)
-
-
 def param_path(keypath: tuple) -> str:
     """The plan's name for the parameter at a pytree key path: its dict keys joined by dots.
 

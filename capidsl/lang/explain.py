@@ -12,8 +12,6 @@ from capidsl.lang.ast import (
 from capidsl.lang.errors import LangError
 from capidsl.lang.numbers import format_number as _n
 
-KINDS = ("duration", "cadence", "schedule", "stop_rule", "pruning")
-
 
 @dataclass(frozen=True)
 class Explanation:

@@ -184,7 +184,6 @@ class WarmupStableDecay(Node):
 
 
 Piece = Linear | Cosine | Exponential | Constant | InverseSqrt | WarmupStableDecay
-PIECE_NAMES = ("linear", "cosine", "exponential", "constant", "inverse_sqrt", "wsd")
 
 
 @dataclass(frozen=True)

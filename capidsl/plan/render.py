@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from capidsl.plan.mesh import describe as describe_mesh
-from capidsl.plan.plan import MeshSpec, Plan
+from capidsl.plan.plan import Plan
 
 
 def human_bytes(n: float) -> str:
@@ -27,11 +27,6 @@ def human_count(n: float) -> str:
         if abs(n) >= scale:
             return f"{n / scale:.2f}{unit}"
     return f"{n:.0f}"
-
-
-def spec_text(spec: MeshSpec) -> str:
-    parts = ["+".join(a) if a else "·" for a in spec]
-    return "(" + ", ".join(parts) + ")"
 
 
 def _pattern(path: str) -> str:
