@@ -68,16 +68,17 @@ class _State:
     across a run. Both go through `add`, so they cannot disagree.
     """
 
-    def __init__(self, rule: "StopRule"):
-        self.steps_per_epoch = rule.steps_per_epoch
-        self.tokens_per_step = rule.tokens_per_step
+    def __init__(self, rule: "StopRule | None"):
+        self.steps_per_epoch = rule.steps_per_epoch if rule is not None else None
+        self.tokens_per_step = rule.tokens_per_step if rule is not None else None
         self.records = 0
         self.step = 0
         self.time_s = 0.0
         self.latest: dict[str, tuple[int, float]] = {}
         self.lowest: dict[str, tuple[int, float]] = {}  # finite values only; first step on ties
         self.highest: dict[str, tuple[int, float]] = {}
-        self.stalls = {node: _StallTrack(node.baseline) for node in walk(rule.expr) if isinstance(node, Stalls)}
+        self.stalls = {node: _StallTrack(node.baseline)
+                       for node in (walk(rule.expr) if rule is not None else ()) if isinstance(node, Stalls)}
 
     def add(self, record: Record) -> None:
         self.records += 1
@@ -480,17 +481,26 @@ class StopRule:
 
 class StopMonitor:
     """Follows a run record by record; `observe(record)` gives the same Decision as
-    `rule.evaluate(history_so_far)` (tested), without replaying the history each time."""
+    `rule.evaluate(history_so_far)` (tested), without replaying the history each time.
 
-    def __init__(self, rule: StopRule):
+    With `rule=None` it only keeps each metric's latest, lowest and highest value (for `best`).
+    Its state is a small JSON value (`to_json`, `from_json`) whose size does not grow with the run:
+    that, not the history, is what a checkpoint keeps.
+    """
+
+    def __init__(self, rule: StopRule | None):
         self.rule = rule
         self._state = _State(rule)
+
+    @property
+    def records(self) -> int:
+        return self._state.records
 
     def add(self, record: Record) -> None:
         self._state.add(record)
 
     def decide(self) -> Decision:
-        if not self._state.records:
+        if not self._state.records or self.rule is None:
             return Decision(False, "")
         stop, why = self.rule.expr.check(self._state)
         return Decision(True, f"stopped at step {self._state.step}: {why}") if stop else Decision(False, "")
@@ -510,3 +520,60 @@ class StopMonitor:
                             hint=f"pass mode='min' or 'max' (stop.directions: {{{metric}: min}})")
         got = (self._state.lowest if mode == "min" else self._state.highest).get(metric)
         return None if got is None else Best(metric, *got)
+
+    # ---- the state a checkpoint keeps -------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything the conditions read, exactly (floats as their repr; nan/inf as strings)."""
+        st = self._state
+        stalls = [{"clause": node.to_json(), "best_value": _num(t.best_value),
+                   "best": None if t.best is None else [t.best.step, _num(t.best.value)],
+                   "observed": t.observed, "since": t.since, "last_step": t.last_step}
+                  for node, t in st.stalls.items()]
+        return {"records": st.records, "step": st.step, "time_s": _num(st.time_s),
+                "latest": _pairs(st.latest), "lowest": _pairs(st.lowest), "highest": _pairs(st.highest),
+                "stalls": stalls}
+
+    @classmethod
+    def from_json(cls, rule: StopRule | None, data: dict[str, Any]) -> tuple["StopMonitor", list[str]]:
+        """A monitor for `rule` that continues the saved state, and what could not be carried over.
+
+        The rule may have changed since the state was saved (the stop rule may change on resume):
+        metric values carry over whatever the rule; a `stalls` clause carries its count when the
+        same clause was there before, and otherwise starts counting now (named in the notes).
+        """
+        monitor = cls(rule)
+        st = monitor._state
+        st.records, st.step, st.time_s = int(data["records"]), int(data["step"]), _unnum(data["time_s"])
+        st.latest, st.lowest, st.highest = (_unpairs(data[k]) for k in ("latest", "lowest", "highest"))
+        saved = {node_from_json(t["clause"]): t for t in data.get("stalls", ())}
+        notes = []
+        for node, track in st.stalls.items():
+            t = saved.get(node)
+            if t is None:
+                if st.records:
+                    notes.append(f"`{node}` is new: its patience counts from step {st.step}")
+                continue
+            track.best_value = _unnum(t["best_value"])
+            track.best = None if t["best"] is None else Best(node.metric, int(t["best"][0]), _unnum(t["best"][1]))
+            track.observed, track.since, track.last_step = int(t["observed"]), int(t["since"]), t["last_step"]
+        return monitor, notes
+
+
+def _num(v: float | None) -> Any:
+    if v is None or isinstance(v, int) and not isinstance(v, bool):
+        return v
+    v = float(v)
+    return v if math.isfinite(v) else repr(v)  # 'nan', 'inf', '-inf'
+
+
+def _unnum(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def _pairs(table: dict[str, tuple[int, float]]) -> dict[str, list]:
+    return {k: [step, _num(value)] for k, (step, value) in table.items()}
+
+
+def _unpairs(data: dict[str, list]) -> dict[str, tuple[int, float]]:
+    return {k: (int(step), _unnum(value)) for k, (step, value) in data.items()}

@@ -273,3 +273,58 @@ def test_columns_count_the_whole_text_across_lines():
         parse_stop_rule(text)
     assert text[err.value.column - 1:].startswith("an")
     assert err.value.render().splitlines()[1:3] == ["    loss > 2 an", "             ^"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(stop_rules, st.lists(_records, max_size=30), st.data())
+def test_a_monitor_saved_and_restored_anywhere_decides_as_one_that_never_stopped(rule, raw, data):
+    """What a checkpoint keeps is the monitor's JSON: restored at any record, through a JSON text,
+    it gives every later decision and best value exactly as the monitor that ran straight through."""
+    import json
+
+    from capidsl.lang.stop import StopMonitor
+
+    rule = rule.resolve(steps_per_epoch=7, tokens_per_step=3)
+    history, step = [], 0
+    for dt, kind, metrics in raw:
+        step += dt
+        history.append(Record(step, step * 0.5, kind, metrics))
+    cut = data.draw(st.integers(0, len(history)))
+    straight, saved = rule.monitor(), rule.monitor()
+    for record in history[:cut]:
+        straight.add(record)
+        saved.add(record)
+    resumed, notes = StopMonitor.from_json(rule, json.loads(json.dumps(saved.to_json(), allow_nan=False)))
+    assert notes == []
+    for record in history[cut:]:
+        assert resumed.observe(record) == straight.observe(record)
+    for metric in rule.metrics():
+        for mode in ("min", "max"):
+            assert resumed.best(metric, mode) == straight.best(metric, mode)
+
+
+def test_the_saved_state_does_not_grow_with_the_history():
+    rule = parse_stop_rule("val_loss stalls for 5 evals by 0.001 or not finite(loss)").resolve(10, 1)
+    sizes = []
+    for n in (10, 10_000):
+        monitor = rule.monitor()
+        for i in range(n):
+            monitor.add(Record(i, float(i), "log", {"loss": 1.0 / (i + 1), "lr": 0.1, "grad_norm": 2.0}))
+            monitor.add(Record(i, float(i), "eval", {"val_loss": 1.0 / (i + 1)}))
+        sizes.append(len(str(monitor.to_json())))
+    assert sizes[1] < 1.2 * sizes[0]  # longer step numbers and floats; nothing per record (1,000× the records)
+
+
+def test_a_changed_rule_keeps_the_clauses_it_shares_and_says_which_start_counting_now():
+    from capidsl.lang.stop import StopMonitor
+
+    old = parse_stop_rule("val_loss stalls for 3 evals").resolve(10, 1)
+    new = parse_stop_rule("val_loss stalls for 3 evals or val_accuracy stalls for 2 evals").resolve(10, 1)
+    monitor = old.monitor()
+    for i, v in enumerate([3.0, 2.0, 2.5, 2.6]):
+        monitor.add(Record(i + 1, float(i), "eval", {"val_loss": v, "val_accuracy": 0.5}))
+    resumed, notes = StopMonitor.from_json(new, monitor.to_json())
+    assert notes == ["`val_accuracy stalls for 2 evals` is new: its patience counts from step 4"]
+    assert not resumed.decide().stop
+    decision = resumed.observe(Record(5, 5.0, "eval", {"val_loss": 2.7, "val_accuracy": 0.6}))
+    assert decision.stop and "val_loss stalled for 3 evals" in decision.reason  # the carried count: 3 evals since step 2
