@@ -10,11 +10,12 @@ Run: .venv/bin/python benchmarks/base_quality.py [RUN_DIR]
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from capidsl import rundir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,8 +31,8 @@ def main() -> None:
     from capidsl.plan.plan import Plan
 
     run_dir = Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "runs" / "base"
-    summary = json.loads((run_dir / "summary.json").read_text())
-    plan = Plan.loads((run_dir / "plan.json").read_text())
+    summary = rundir.read_summary(run_dir)
+    plan = Plan.loads(rundir.read_plan_text(run_dir))
     train, val = lm_streams(source_key(plan.data))
     baseline = unigram_cross_entropy(train, val, plan.data.vocab_size)
     evals = summary["final"]["eval"]

@@ -20,13 +20,14 @@ Run: .venv/bin/python benchmarks/executor_overhead.py [recipe.yaml] [--steps N] 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 import time
 from functools import partial
 from pathlib import Path
+
+from capidsl import rundir
 
 REPO = Path(__file__).resolve().parents[1]
 REPEATS, LOG_EVERY = 3, 10
@@ -41,7 +42,7 @@ def capidsl_step_s(plan, steps: int) -> float:
 
     with tempfile.TemporaryDirectory() as tmp:
         summary = run(plan, Path(tmp) / "run", max_steps=steps)
-        rows = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+        rows = rundir.read_metrics(Path(tmp) / "run")
     assert summary.steps == steps, summary.stop_reason
     return statistics.median(r["step_time_s"] for r in rows[1:])
 

@@ -14,11 +14,12 @@ Run: .venv/bin/python benchmarks/input_pipeline.py [recipe.yaml] [--steps N]
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
+
+from capidsl import rundir
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = ["eval.every=null", "checkpoint.every=null", "stop.when=null", "stop.restore_best=false",
@@ -52,7 +53,7 @@ def main() -> None:
     plan = compile_plan(Recipe.from_yaml(args.recipe, overrides=QUIET + ["logging.every=every 10 steps"]))
     with tempfile.TemporaryDirectory() as tmp:
         run(plan, Path(tmp) / "run", max_steps=args.steps)
-        rows = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
+        rows = rundir.read_metrics(Path(tmp) / "run")
     rows = [r for r in rows if "data_wait_s" in r][1:]  # the first window holds the compilation
     wait = sum(r["data_wait_s"] for r in rows)
     step = sum(r["step_time_s"] for r in rows)

@@ -2,7 +2,7 @@
 
 The public Python API, imported on first use so that `import capidsl` (and `capidsl validate`)
 never pays for JAX: `Recipe` (validated, frozen), `Plan` (compiled, frozen), `compile_plan`
-(Recipe → Plan), `run` (Plan → Summary) and `train` (the seed's `train.main`).
+(Recipe → Plan), `run` (Plan → Summary: train, with gs:// run directories and the export at the end) and `train` (the seed's `train.main`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ _EXPORTS = {
     "RecipeError": ("capidsl.recipe", "RecipeError"),
     "Plan": ("capidsl.plan.plan", "Plan"),
     "compile_plan": ("capidsl.plan.compile", "compile_plan"),
-    "run": ("capidsl.exec.loop", "run"),
+    "run": ("capidsl.runner", "run"),
 }
 
 __all__ = [*_EXPORTS, "train"]

@@ -17,17 +17,15 @@ def main(config: Any = None, *, run_dir: str | None = None, max_steps: int | Non
     from capidsl.exec import distributed
 
     distributed.initialize(distributed.resolve())  # before anything asks JAX for devices
-    from capidsl.exec.loop import describe, run
     from capidsl.plan.compile import compile_plan
+    from capidsl.runner import describe, load_plan, run
 
     if config is None:
         from capidsl.resources import resource_path
 
         config = resource_path("recipes", "base.yaml")
     if isinstance(config, (str, os.PathLike)):
-        from capidsl.cli.run import load_plan
-
-        plan = load_plan(os.fspath(config), [])
+        plan = load_plan(os.fspath(config))
     elif hasattr(config, "fingerprint") and hasattr(config, "cadence"):  # already a Plan
         plan = config
     else:

@@ -6,7 +6,6 @@ import argparse
 import logging
 import sys
 import warnings
-from pathlib import Path
 
 from capidsl.errors import UsageError
 
@@ -24,30 +23,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     multi.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address, the same for every process")
     multi.add_argument("--num-processes", type=int, metavar="N", help="how many processes (hosts) the run has")
     multi.add_argument("--process-id", type=int, metavar="I", help="this process's number, 0 to N-1")
-
-
-def load_plan(target: str, overrides: list[str]):
-    """A Plan from a plan.json as is, or compiled from a recipe with its --set overrides."""
-    if target.startswith("gs://"):  # read from a downloaded copy (a recipe with the files its extends names)
-        from capidsl.export.gcs import GsUrl
-        from capidsl.cli.remote import fetch_recipe
-        from capidsl.export.workdir import fetch_file
-
-        target = str(fetch_file(GsUrl.parse(target)) if target.endswith(".json") else fetch_recipe(target))
-    path = Path(target)
-    if path.suffix == ".json":
-        if overrides:
-            raise UsageError("--set applies to recipes; a plan.json is run exactly as compiled")
-        from capidsl.plan.plan import Plan
-
-        try:
-            return Plan.loads(path.read_text())
-        except OSError as err:
-            raise UsageError(f"cannot read {target}: {err.strerror}") from err
-    from capidsl.plan.compile import compile_plan
-    from capidsl.recipe import Recipe
-
-    return compile_plan(Recipe.from_yaml(target, overrides=overrides))
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -70,8 +45,9 @@ def run(args: argparse.Namespace) -> int:
 
     # Join the other processes before anything asks JAX for devices: the plan is compiled for all of them.
     distributed.initialize(distributed.resolve(args.coordinator, args.num_processes, args.process_id))
+    from capidsl.runner import describe, load_plan, run as run_plan
+
     plan = load_plan(args.target, args.overrides)
-    from capidsl.exec.loop import describe, run as run_plan
 
     warnings.showwarning = _show_warning  # RunWarnings as one line each, not Python's file:line form
     logging.getLogger("absl").addFilter(_OneLine())

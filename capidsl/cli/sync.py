@@ -13,9 +13,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from capidsl.export.errors import StorageError
-    from capidsl.export.gcs import GsUrl, Store
-    from capidsl.export.sync import Crcs, mismatches, sync_tree
+    from capidsl.storage.errors import StorageError
+    from capidsl.storage.gcs import GsUrl, Store
+    from capidsl.storage.sync import Crcs, mismatches, sync_tree
 
     local = Path(args.run_dir)
     if not local.is_dir():

@@ -2,7 +2,8 @@
 
 Layout of `RUN_DIR/checkpoints/<step>/` (orbax's, plus one file of ours):
 - `state/` — the TrainState pytree (`StandardSave`; restored sharded into `abstract_state`);
-- `meta/`  — JSON: step, plan fingerprint, the plan itself, the stop rule's history, the data
+- `meta/`  — JSON: step, plan fingerprint, the plan itself, the stop rule's state (a
+             `StopMonitor`'s, not the history: its size does not grow with the run), the data
              loader's position, and the loop's counters (see `loop.py`);
 - `capidsl.sha256.json` — our manifest: the sha256 of every file of the step, written once orbax
   has committed the step (orbax verifies no contents by itself: a flipped byte in an array file
@@ -26,7 +27,6 @@ Decisions (issue 5's pitfalls):
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
 import math
@@ -42,11 +42,10 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from capidsl import rundir
 from capidsl.exec.errors import RunError
 from capidsl.plan.plan import CheckpointPlan
-
-MANIFEST = "capidsl.sha256.json"
-UNREADABLE = "checkpoints.unreadable"
+from capidsl.rundir import MANIFEST, UNREADABLE, file_digests, verify_manifest  # noqa: F401 (re-exported)
 
 
 class CheckpointWarning(RuntimeWarning):
@@ -88,37 +87,6 @@ def _metric_value(metric: str, mode: str) -> Callable[[dict], float]:
     return value
 
 
-def file_digests(step_dir: Path) -> dict[str, str]:
-    """sha256 of every file under a step directory (our manifest excluded), by relative path."""
-    digests = {}
-    for path in sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != MANIFEST):
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        digests[path.relative_to(step_dir).as_posix()] = h.hexdigest()
-    return digests
-
-
-def verify_manifest(step_dir: Path) -> str | None:
-    """None if the step's files match its manifest (or it has none); otherwise what is wrong."""
-    manifest = step_dir / MANIFEST
-    if not manifest.exists():
-        return None
-    try:
-        expected = json.loads(manifest.read_text())["files"]
-    except (OSError, ValueError, KeyError) as err:
-        return f"its manifest {MANIFEST} is unreadable ({err})"
-    actual = file_digests(step_dir)
-    missing = sorted(set(expected) - set(actual))
-    if missing:
-        return f"file {missing[0]} is missing"
-    changed = sorted(k for k in expected if actual[k] != expected[k])
-    if changed:
-        return f"file {changed[0]} does not match its sha256 (truncated or corrupted)"
-    return None
-
-
 def _single_process_array_writes() -> None:
     """One process writes each array from its first replica, without orbax's replica-parallel split.
 
@@ -157,7 +125,7 @@ class Checkpoints:
         # Called (from the manifest thread) once a step is committed and its manifest written: the
         # hook for uploaders, which must never see a partial checkpoint. It must return at once.
         self._on_commit = on_commit
-        self.directory = self.run_dir / "checkpoints"
+        self.directory = rundir.checkpoints_dir(self.run_dir)
         self.plan = plan
         # keep-best: the plan's own metric, else the one restore_best needs (given by the loop).
         self.best_metric = plan.keep_best_metric or best_metric
@@ -187,7 +155,7 @@ class Checkpoints:
         return sorted(self._mgr.all_steps())
 
     def step_dir(self, step: int) -> Path:
-        return self.directory / str(step)
+        return rundir.step_dir(self.run_dir, step)
 
     # ---- saving ----------------------------------------------------------------------------
 
@@ -243,10 +211,7 @@ class Checkpoints:
         a step without a manifest is still restorable, only less strictly checked)."""
         step_dir = self.step_dir(step)
         try:
-            body = json.dumps({"step": step, "files": file_digests(step_dir)}, indent=1, sort_keys=True)
-            tmp = step_dir / (MANIFEST + ".tmp")
-            tmp.write_text(body)
-            os.replace(tmp, step_dir / MANIFEST)
+            rundir.write_manifest(step_dir, step)
             if self._on_commit is not None:
                 self._on_commit(step, step_dir)
         except OSError as err:

@@ -8,7 +8,6 @@ is read), so one compiled function serves the whole generation.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import AxisType
 
+from capidsl import rundir
 from capidsl.exec.checkpoint import Checkpoints
 from capidsl.exec.errors import RunError
 from capidsl.exec.state import abstract_state, model_family
@@ -29,10 +29,10 @@ def load_run(run_dir: str | Path, step: int | None = None) -> tuple[Plan, nnx.Gr
     `step` picks a checkpoint; by default the run's final weights (summary.json's params_step,
     else the newest checkpoint)."""
     run_dir = Path(run_dir)
-    plan_path = run_dir / "plan.json"
-    if not plan_path.exists():
-        raise RunError(f"{run_dir} holds no plan.json", subject=str(run_dir), hint="pass the --run-dir of a `capidsl run`")
-    plan = Plan.loads(plan_path.read_text())
+    try:
+        plan = Plan.loads(rundir.read_plan_text(run_dir))
+    except rundir.RunDirError as err:
+        raise RunError(err.message, subject=err.subject, hint=err.hint) from None
     one = jax.make_mesh((1,) * len(plan.mesh.axes), plan.mesh.axes, devices=jax.devices()[:1],
                        axis_types=(AxisType.Auto,) * len(plan.mesh.axes))
     graphdef, abstract = abstract_state(plan, one)
@@ -46,12 +46,7 @@ def load_run(run_dir: str | Path, step: int | None = None) -> tuple[Plan, nnx.Gr
                 raise RunError(f"{run_dir} has no checkpoint of step {step}", subject=str(run_dir),
                                hint=f"its checkpoints: steps {', '.join(map(str, steps))}")
             return plan, graphdef, ckpts.restore_state(step, abstract).params, step
-        step = steps[-1]
-        summary = run_dir / "summary.json"
-        if summary.exists():
-            wanted = json.loads(summary.read_text()).get("params_step")
-            if wanted in steps:
-                step = wanted
+        step = rundir.final_params_step(run_dir, steps)
         return plan, graphdef, ckpts.restore_state(step, abstract).params, step
     finally:
         ckpts.close()

@@ -18,6 +18,8 @@ from typing import Any
 
 import jax
 
+from capidsl import rundir
+
 # Keys every training line of metrics.jsonl carries (eval lines carry step, epoch and val_*).
 TRAIN_KEYS = ("step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "step_time_s", "data_wait_s",
               "device_peak_bytes", "host_peak_rss_bytes")
@@ -55,7 +57,7 @@ class MetricsWriter:
     def __init__(self, run_dir: str | os.PathLike, *, tensorboard: bool, enabled: bool | None = None):
         self.run_dir = Path(run_dir)
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.path = self.run_dir / "metrics.jsonl"
+        self.path = self.run_dir / rundir.METRICS
         self._file = None
         self._tb = None
         if not self.enabled:
@@ -64,13 +66,11 @@ class MetricsWriter:
         if tensorboard:
             from tensorboardX import SummaryWriter  # lazy: only runs that log to TensorBoard pay for it
 
-            self._tb = SummaryWriter(logdir=str(self.run_dir / "tensorboard"), flush_secs=10)
+            self._tb = SummaryWriter(logdir=str(self.run_dir / rundir.TENSORBOARD), flush_secs=10)
 
     def write_plan(self, plan_json: str) -> None:
         if self.enabled:
-            tmp = self.run_dir / "plan.json.tmp"
-            tmp.write_text(plan_json + "\n")
-            os.replace(tmp, self.run_dir / "plan.json")
+            rundir.write_atomic(self.run_dir / rundir.PLAN, plan_json + "\n")
 
     def truncate_after(self, step: int) -> None:
         """Drop lines for steps after `step` (left by a run that was killed past its last checkpoint)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from capidsl import rundir
 from capidsl.exec.metrics import json_number
 
 
@@ -77,19 +77,17 @@ class Summary:
     memory: dict[str, Any]  # predicted per-device bytes (plan.memory) beside the measured peaks
     warnings: tuple[str, ...] = field(default=())
     export: dict[str, Any] = field(default_factory=dict)  # the verified export (capidsl.export.onnx.OnnxExport), if any
-    storage: dict[str, Any] = field(default_factory=dict)  # a gs:// run directory's uploads (capidsl.export.mirror)
+    storage: dict[str, Any] = field(default_factory=dict)  # a gs:// run directory's uploads (capidsl.storage.mirror)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         return _clean(data)
 
-    def write(self, run_dir: str | os.PathLike) -> None:
+    def write(self, run_dir: str | Path) -> None:
         if jax.process_index() != 0:
             return
-        path = Path(run_dir) / "summary.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True, allow_nan=False) + "\n")
-        os.replace(tmp, path)
+        text = json.dumps(self.to_json(), indent=2, sort_keys=True, allow_nan=False) + "\n"
+        rundir.write_atomic(Path(run_dir) / rundir.SUMMARY, text)
 
 
 def _clean(v: Any) -> Any:

@@ -11,13 +11,14 @@ checkpoint, `--best` the checkpoint of the best evaluation (summary.json's `best
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
 
+from capidsl import rundir
 from capidsl.export.errors import ExportError
-from capidsl.export.gcs import GsUrl, Store, is_gs_url
+from capidsl.storage.errors import StorageError
+from capidsl.storage.gcs import GsUrl, Store, is_gs_url
 from capidsl.export.onnx import OnnxExport, export_onnx
 
 FORMATS = ("onnx",)
@@ -25,25 +26,24 @@ DEFAULT_NAME = "model.onnx"
 
 
 def _best_step(local: Path) -> int:
-    path = local / "summary.json"
-    best = json.loads(path.read_text()).get("best") if path.exists() else None
-    if not best or best.get("step") is None:
+    step = rundir.best_step(local)
+    if step is None:
         raise ExportError("the run has no best evaluation to export", subject=str(local),
                           hint="export its final weights (no --best) or a checkpoint (--step N)")
-    return int(best["step"])
+    return step
 
 
 def _targets(local: Path, out: str | None, plan_path: str | None, remote: GsUrl | None) -> tuple[Path, GsUrl | None]:
     """(local file to write and verify, gs:// object to upload it to afterwards, if any)."""
     chosen = out if out is not None else plan_path
     if chosen is None:
-        return local / "export" / DEFAULT_NAME, (remote.child(f"export/{DEFAULT_NAME}") if remote else None)
+        return local / rundir.EXPORT / DEFAULT_NAME, (remote.child(f"{rundir.EXPORT}/{DEFAULT_NAME}") if remote else None)
     if is_gs_url(chosen):
         url = GsUrl.parse(chosen)
         if not url.prefix or chosen.endswith("/"):
             raise ExportError("a gs:// export target names the file, e.g. gs://bucket/models/model.onnx",
                               subject=chosen)
-        return local / "export" / url.basename, url
+        return local / rundir.EXPORT / url.basename, url
     path = Path(chosen)
     return (path / DEFAULT_NAME if path.is_dir() else path), None
 
@@ -62,7 +62,7 @@ def export_run(run_dir: str, *, fmt: str = "onnx", step: int | None = None, best
         raise ExportError(f"unknown export format {fmt!r}", subject="--format", hint=f"formats: {', '.join(FORMATS)}")
     remote = None
     if is_gs_url(run_dir):
-        from capidsl.export.workdir import pull, working_copy
+        from capidsl.storage.workdir import pull, working_copy
 
         remote = GsUrl.parse(run_dir)
         local = working_copy(remote)
@@ -106,7 +106,7 @@ def export_at_end(plan, run_dir: str | os.PathLike, params, step: int, summary):
         account = result.to_json()
         if upload_to is not None:
             account |= _upload(result, upload_to)
-    except ExportError as err:
+    except (ExportError, StorageError) as err:
         dataclasses.replace(summary, export={"error": err.render(), "path": str(target)}).write(local)
         raise
     summary = dataclasses.replace(summary, export=account)

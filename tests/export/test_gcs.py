@@ -12,11 +12,11 @@ from storage_runs import BUCKET
 
 from capidsl.cli.main import main as cli
 from capidsl.exec.checkpoint import MANIFEST, file_digests
-from capidsl.export.errors import StorageError
-from capidsl.export.gcs import CHUNK_BYTES, GsUrl, Store
-from capidsl.export.remote_run import StorageWarning, mirrored_run_dir
-from capidsl.export.sync import mismatches, sync_tree
-from capidsl.export.workdir import working_copy
+from capidsl.storage.errors import StorageError
+from capidsl.storage.gcs import CHUNK_BYTES, GsUrl, Store
+from capidsl.storage.remote_run import StorageWarning, mirrored_run_dir
+from capidsl.storage.sync import mismatches, sync_tree
+from capidsl.storage.workdir import working_copy
 
 
 @pytest.mark.parametrize("text, bucket, prefix", [

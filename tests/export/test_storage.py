@@ -23,7 +23,7 @@ import pytest
 from gcs_emulator import crc32c_md5, local_files, remote_objects
 from storage_runs import BUCKET, RECIPE, capidsl, runs, start_capidsl, subprocess_env, summary
 
-from capidsl.exec.checkpoint import MANIFEST
+from capidsl.rundir import MANIFEST
 
 
 def assert_mirrored(client, prefix: str, local: Path) -> dict:

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from capidsl.errors import CapidslError
-from capidsl.exec.checkpoint import MANIFEST
-from capidsl.export.errors import StorageError
-from capidsl.export.gcs import Store
-from capidsl.export.sync import Crcs, SyncReport, Unit, sync_unit, units
+from capidsl import rundir
+from capidsl.storage.errors import StorageError
+from capidsl.storage.gcs import Store
+from capidsl.storage.sync import Crcs, SyncReport, Unit, sync_unit, units
 
 DRAIN_ENV = "CAPIDSL_GCS_DRAIN_S"
 MAX_BACKOFF_S = 60.0
@@ -69,7 +69,7 @@ class Mirror:
 
     def checkpoint_committed(self, step: int, step_dir: Path | None = None) -> None:
         """Queue a committed step (its manifest is written) and the top-level files that describe it."""
-        self._enqueue(Unit("step", f"checkpoints/{int(step)}"), Unit("top", ""))
+        self._enqueue(Unit("step", rundir.step_rel(int(step))), Unit("top", ""))
 
     def log_fields(self) -> dict[str, int]:
         """What a training line of metrics.jsonl says about the uploads."""
@@ -93,10 +93,8 @@ class Mirror:
         with self._cv:
             pending = [str(u) for u in self._queue]
             failures, last_error = self._failures, self._last_error
-        ckpts = self.local / "checkpoints"
-        unmirrored = sorted((f"checkpoints/{p.name}" for p in ckpts.iterdir()
-                             if p.is_dir() and p.name.isdigit() and not (p / MANIFEST).exists()),
-                            key=lambda r: int(r.rpartition("/")[2])) if ckpts.is_dir() else []
+        unmirrored = [rundir.step_rel(s) for s in rundir.checkpoint_steps(self.local)
+                      if not rundir.has_manifest(rundir.step_dir(self.local, s))]
         out: dict[str, Any] = {
             "url": str(self.store.url), "local_dir": str(self.local),
             "uploaded_files": self._report.uploaded_files, "uploaded_bytes": self._report.uploaded_bytes,

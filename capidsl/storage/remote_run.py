@@ -1,8 +1,8 @@
 """A training run whose directory is gs://bucket/prefix: a local working copy, mirrored in the background.
 
-`capidsl.exec.loop.run` enters `mirrored_run_dir(url)` when the run directory is a gs://
-URL; the loop then trains in `local_dir` exactly as in any local directory and calls
-`mirror.checkpoint_committed` after each commit. Before training:
+`capidsl.runner` enters `mirrored_run_dir(url)` when the run directory is a gs:// URL; the
+executor then trains in `local_dir` exactly as in any local directory, with the mirror as its
+hooks (`checkpoint_committed` after each commit, `log_fields` in each log line). Before training:
 - the bucket is checked (a missing bucket, a permission refused or absent credentials stop the run
   before it starts, with the reason);
 - what the remote run has beyond the working copy is downloaded (`workdir.pull`), so a run resumes
@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from capidsl.export.errors import StorageError
-from capidsl.export.gcs import GsUrl, Store
-from capidsl.export.mirror import Mirror
-from capidsl.export.workdir import local_steps, pull, working_copy
+from capidsl import rundir
+from capidsl.storage.errors import StorageError
+from capidsl.storage.gcs import GsUrl, Store
+from capidsl.storage.mirror import Mirror
+from capidsl.storage.workdir import local_steps, pull, working_copy
 
 
 class StorageWarning(RuntimeWarning):
@@ -48,9 +49,9 @@ class MirroredRun:
         summary = dataclasses.replace(summary, storage=report)
         summary.write(self.local_dir)
         try:
-            self.mirror.store.upload("summary.json", self.local_dir / "summary.json", snapshot=True)
+            self.mirror.store.upload(rundir.SUMMARY, self.local_dir / rundir.SUMMARY, snapshot=True)
         except StorageError as err:
-            report = {**report, "complete": False, "pending": [*report["pending"], "summary.json"],
+            report = {**report, "complete": False, "pending": [*report["pending"], rundir.SUMMARY],
                       "last_error": err.message, "sync_command": f"capidsl sync {self.local_dir} {self.url}"}
             summary = dataclasses.replace(summary, storage=report)
         if not report["complete"]:

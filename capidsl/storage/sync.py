@@ -24,11 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from capidsl.exec.checkpoint import MANIFEST
-from capidsl.export.gcs import RemoteObject, Store, file_crc32c
+from capidsl import rundir
+from capidsl.rundir import MANIFEST
+from capidsl.storage.gcs import RemoteObject, Store, file_crc32c
 
 SNAPSHOT_LIMIT = 64 * 2**20  # files outside checkpoints up to this size are uploaded from an in-memory copy
-LAST_FILE = "summary.json"
+LAST_FILE = rundir.SUMMARY
 
 
 def excluded(rel: str) -> bool:
@@ -84,15 +85,14 @@ def _is_step(p: Path) -> bool:
 def units(local: Path) -> list[Unit]:
     """The run directory's units in upload order (see the module docstring)."""
     out: list[Unit] = []
-    ckpts = local / "checkpoints"
+    ckpts = rundir.checkpoints_dir(local)
     if ckpts.is_dir():
-        steps = sorted((p for p in ckpts.iterdir() if _is_step(p)), key=lambda p: int(p.name))
-        out += [Unit("step", f"checkpoints/{p.name}") for p in steps]
-        out += [Unit("tree", f"checkpoints/{p.name}") for p in sorted(ckpts.iterdir())
+        out += [Unit("step", rundir.step_rel(step)) for step in rundir.checkpoint_steps(local)]
+        out += [Unit("tree", f"{rundir.CHECKPOINTS}/{p.name}") for p in sorted(ckpts.iterdir())
                 if p.is_dir() and not _is_step(p) and not excluded(p.name)]
     if local.is_dir():
         out += [Unit("tree", p.name) for p in sorted(local.iterdir())
-                if p.is_dir() and p.name != "checkpoints" and not excluded(p.name)]
+                if p.is_dir() and p.name != rundir.CHECKPOINTS and not excluded(p.name)]
         out.append(Unit("top", ""))
     return out
 

@@ -22,13 +22,13 @@ import re
 import shutil
 from pathlib import Path
 
-from capidsl.exec.checkpoint import MANIFEST, verify_manifest
-from capidsl.export.errors import StorageError
-from capidsl.export.gcs import GsUrl, Store
+from capidsl import rundir
+from capidsl.rundir import MANIFEST, TOP_FILES, verify_manifest
+from capidsl.storage.errors import StorageError
+from capidsl.storage.gcs import GsUrl, Store
 
 CACHE_ENV = "CAPIDSL_CACHE_DIR"
-TOP_FILES = ("plan.json", "metrics.jsonl", "summary.json")
-_STEP_MANIFEST = re.compile(r"^checkpoints/(\d+)/" + re.escape(MANIFEST) + "$")
+_STEP_MANIFEST = re.compile("^" + re.escape(rundir.CHECKPOINTS) + r"/(\d+)/" + re.escape(MANIFEST) + "$")
 
 
 def cache_root() -> Path:
@@ -44,32 +44,28 @@ def working_copy(url: GsUrl) -> Path:
 
 
 def local_steps(local: Path) -> list[int]:
-    ckpts = local / "checkpoints"
-    return sorted(int(p.name) for p in ckpts.iterdir() if p.is_dir() and p.name.isdigit()) if ckpts.is_dir() else []
+    return rundir.checkpoint_steps(local)
 
 
 def _remote_manifest(store: Store, step: int) -> list[str] | None:
-    data = store.read_bytes(f"checkpoints/{step}/{MANIFEST}")
+    data = store.read_bytes(f"{rundir.step_rel(step)}/{MANIFEST}")
     if data is None:
         return None
-    try:
-        return sorted(json.loads(data)["files"])
-    except (ValueError, KeyError, TypeError):
-        return None
+    return rundir.manifest_files(data)
 
 
 def _download_step(store: Store, local: Path, step: int, files: list[str]) -> str | None:
     """Download one remote step beside `checkpoints/`, verify it, then rename it in. None, or why not."""
     staging = local / f".capidsl-download-{step}"
     shutil.rmtree(staging, ignore_errors=True)
-    base = f"checkpoints/{step}"
+    base = rundir.step_rel(step)
     for rel in [*files, MANIFEST]:
         store.download(f"{base}/{rel}", staging / rel)
     problem = verify_manifest(staging)
     if problem is not None:
         shutil.rmtree(staging, ignore_errors=True)
         return problem
-    (local / "checkpoints").mkdir(parents=True, exist_ok=True)
+    rundir.checkpoints_dir(local).mkdir(parents=True, exist_ok=True)
     os.replace(staging, local / base)
     return None
 
@@ -86,9 +82,9 @@ def pull(store: Store, local: Path, *, steps: tuple[int, ...] = ()) -> list[str]
     newest_local = have[-1] if have else -1
     with_manifest = sorted(int(m.group(1)) for m in map(_STEP_MANIFEST.match, remote) if m)
     summary = {}
-    if "summary.json" in remote:
+    if rundir.SUMMARY in remote:
         try:
-            summary = json.loads(store.read_bytes("summary.json") or b"{}")
+            summary = json.loads(store.read_bytes(rundir.SUMMARY) or b"{}")
         except ValueError:
             summary = {}
     kept = set(summary.get("checkpoint_steps") or ())
@@ -98,15 +94,15 @@ def pull(store: Store, local: Path, *, steps: tuple[int, ...] = ()) -> list[str]
     pulled = []
     for step in sorted(set(wanted) | set(newer[-1:]), reverse=True):
         files = _remote_manifest(store, step)
-        if files is None or any(f"checkpoints/{step}/{f}" not in remote for f in files):
-            notes.append(f"{store.url}/checkpoints/{step} is incomplete remotely: not downloaded")
+        if files is None or any(f"{rundir.step_rel(step)}/{f}" not in remote for f in files):
+            notes.append(f"{store.url}/{rundir.step_rel(step)} is incomplete remotely: not downloaded")
             continue
         problem = _download_step(store, local, step, files)
         if problem:
-            notes.append(f"{store.url}/checkpoints/{step} does not match its manifest ({problem}): not downloaded")
+            notes.append(f"{store.url}/{rundir.step_rel(step)} does not match its manifest ({problem}): not downloaded")
             continue
         pulled.append(step)
-    if pulled or not (local / "plan.json").exists():
+    if pulled or not rundir.is_run(local):
         for name in TOP_FILES:
             if name in remote and (pulled or not (local / name).exists()):
                 store.download(name, local / name)

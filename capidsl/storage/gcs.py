@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from capidsl.export.errors import StorageError
+from capidsl.storage.errors import StorageError
 
 SCHEME = "gs://"
 CHUNK_BYTES = 32 * 2**20  # a multiple of 256 KiB, as resumable uploads require

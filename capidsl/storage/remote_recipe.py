@@ -26,10 +26,10 @@ def _extends(path: Path) -> str | None:
 
 def fetch_recipe(text: str) -> Path:
     """A gs:// recipe (and the files its `extends` chain names, relative to it) downloaded; its local path."""
-    from capidsl.export.errors import StorageError
-    from capidsl.export.gcs import GsUrl
-    from capidsl.export.gcs import Store
-    from capidsl.export.workdir import fetch_file
+    from capidsl.storage.errors import StorageError
+    from capidsl.storage.gcs import GsUrl
+    from capidsl.storage.gcs import Store
+    from capidsl.storage.workdir import fetch_file
 
     url = GsUrl.parse(text)
     if not url.prefix:
