@@ -7,9 +7,50 @@ that keeps the global batch — "adjust the batch to the hardware, accumulate fo
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from capidsl.plan.errors import PlanError
+from capidsl.plan.memory import Workload
+from capidsl.plan.mesh import batch_blocks
+from capidsl.plan.plan import BatchPlan, HiddenStatePlan, MeshPlan, Topology
+from capidsl.plan.recurrent import plan_hidden_state
+
+
+@dataclass(frozen=True)
+class Batching:
+    """The batch split over devices and processes, and the state carried from one batch to the next."""
+
+    batch: BatchPlan
+    hidden: HiddenStatePlan | None  # a stateful family's carried state, placed
+    blocks: int  # processes holding distinct rows of each batch
+    workload: Workload  # the memory estimate's inputs, the carried state's bytes included
+
+
+def plan_batching(training, topology: Topology, mesh: MeshPlan, workload: Workload, where) -> Batching:
+    """The recipe's `training:` batch settings on `mesh`: micro-batch, accumulation, rows per process."""
+    model, dp = workload.model, mesh.data_parallel
+    micro, accumulation = derive(
+        training.batch_size, training.micro_batch, training.gradient_accumulation_steps, dp,
+        fits=lambda m: workload.at(m, training.batch_size // dp // m).fits, where=where)
+    # a state carried across batches (placed once the batch is known to split; `micro_batch: auto` above
+    # sized micro-batches without it: it is B × layers × width, small beside the activations)
+    try:
+        hidden = plan_hidden_state(model.family, model.cfg, training.batch_size, mesh, model.rules)
+    except PlanError as err:
+        err.location = err.location or where("mesh")
+        raise
+    if hidden is not None:
+        workload = replace(workload, state_bytes=workload.state_bytes + hidden.bytes_per_device)
+    global_batch = training.batch_size
+    blocks = batch_blocks(mesh, topology, where("mesh"))
+    if global_batch % blocks:
+        raise PlanError(f"the global batch ({global_batch}) does not split over {blocks} processes",
+                        subject="training.batch_size", location=where("training.batch_size"))
+    batch = BatchPlan(global_batch=global_batch, micro_batch=micro, accumulation=accumulation, data_parallel=dp,
+                      seq_len=model.seq_len, tokens_per_step=global_batch * model.seq_len,
+                      per_process_batch=global_batch // blocks)
+    return Batching(batch=batch, hidden=hidden, blocks=blocks, workload=workload)
 
 
 def derive(global_batch: int, micro: int | str | None, accumulation: int | None, data_parallel: int,

@@ -29,11 +29,13 @@ Measured against XLA's compiled figures in docs/plan.md ("How good the estimates
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from capidsl.plan.activations import traced_model
 from capidsl.plan.plan import MemoryEstimate, MeshPlan, ShardingPlan, freeze_options
+from capidsl.plan.shapes import ModelShapes
 from capidsl.plan.sharding import BATCH_AXES
 
 
@@ -126,3 +128,24 @@ def estimate(*, family, cfg: dict, sharding: ShardingPlan, mesh: MeshPlan, optim
                           total=total, device_memory=device_memory, fits=total <= device_memory,
                           activation_formula=formula, state=state_bytes, temp=temp,
                           breakdown=tuple((k, v) for k, v in terms if v))
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Everything the estimate needs besides the batch shape: fixed once the model is placed."""
+
+    model: ModelShapes
+    mesh: MeshPlan
+    optimizer: str
+    momentum: float
+    device_memory: int
+    state_bytes: int  # training state besides parameters and moments (pruning masks, a carried state)
+
+    def at(self, micro: int, accumulation: int, seq_len: int | None = None) -> MemoryEstimate:
+        """The estimate for `micro` rows per device and micro-step, `accumulation` micro-steps, rows of `seq_len`."""
+        m = self.model
+        cfg = m.cfg if seq_len is None else {**m.cfg, "seq_len": seq_len}  # a bucket's rows are shorter than seq_len
+        return estimate(family=m.family, cfg=cfg, sharding=m.sharding, mesh=self.mesh, optimizer=self.optimizer,
+                        momentum=self.momentum, micro_batch=micro, rows_per_device=micro * accumulation,
+                        batch_shapes=m.family.batch_shapes(cfg, 1), compute_dtype=m.precision.compute_dtype,
+                        remat=m.remat, device_memory=self.device_memory, state_bytes=self.state_bytes)
