@@ -131,7 +131,7 @@ def apply_overrides(doc: Document, overrides: Iterable[str]) -> Document:
         try:
             value_doc = read_yaml(value_text, file)
         except RecipeError as err:
-            problems.extend(_shift(p, shift, end) for p in err.problems)
+            problems.extend(_shift(p, shift, end, key) for p in err.problems)
             continue
         target = data
         for depth, part in enumerate(path[:-1]):
@@ -161,8 +161,10 @@ def _shift_loc(loc: Location, shift: int) -> Location:
     return Location(loc.file, loc.line, loc.column + shift if loc.line == 1 else loc.column, loc.chain)
 
 
-def _shift(problem: Problem, shift: int, end: int) -> Problem:
+def _shift(problem: Problem, shift: int, end: int, key: str) -> Problem:
+    """A problem in an override's value, placed in the whole `--set` argument and named by its key."""
     loc = problem.location
     if loc is not None:
         loc = _shift_loc(loc, shift) if loc.line == 1 else Location(loc.file, 1, end, loc.chain)
-    return Problem(loc, problem.path, problem.message, problem.hint)
+    path = key + ("" if not problem.path or problem.path.startswith("[") else ".") + problem.path
+    return Problem(loc, path, problem.message, problem.hint)

@@ -9,13 +9,14 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import math
 from typing import Any, Iterator
 
 import jsonschema
 from jsonschema import Draft202012Validator
 
 from capidsl.recipe.errors import Problem
-from capidsl.recipe.yaml12 import Document, join_path
+from capidsl.recipe.yaml12 import Document, join_path, short_number
 from capidsl.resources import resource_path
 
 SCHEMA_FILE = "recipe.schema.json"
@@ -28,13 +29,22 @@ def schema() -> dict:
     return json.loads(resource_path("schemas", SCHEMA_FILE).read_text(encoding="utf-8"))
 
 
+INT64 = 2**63  # every integer key ends up in a 64-bit integer (numpy, JAX, orbax): |n| < INT64
+
+
 def _is_integer(checker, instance) -> bool:  # 32.0 is not an integer in a recipe; True is not either
-    return isinstance(instance, int) and not isinstance(instance, bool)
+    return isinstance(instance, int) and not isinstance(instance, bool) and -INT64 <= instance < INT64
+
+
+def _is_number(checker, instance) -> bool:  # .inf and .nan are no value of any number key
+    if isinstance(instance, bool):
+        return False
+    return isinstance(instance, int) or (isinstance(instance, float) and math.isfinite(instance))
 
 
 @functools.lru_cache(maxsize=1)
 def validator() -> Draft202012Validator:
-    types = Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer)
+    types = Draft202012Validator.TYPE_CHECKER.redefine_many({"integer": _is_integer, "number": _is_number})
     cls = jsonschema.validators.extend(Draft202012Validator, type_checker=types)
     return cls(schema())
 
@@ -106,7 +116,8 @@ def _explain(err: jsonschema.ValidationError, doc: Document) -> Iterator[Problem
                 why = f" (model family {value.get('family', 'gpt')!r} needs it)" if path == ("model",) else ""
                 yield Problem(locate(doc, path, key=True), join_path(path + (key,)), f"required key is missing{why}")
     elif kind == "type":
-        yield Problem(locate(doc, path), here, f"expected {_type_words(err.validator_value)}, got {_describe(value)}")
+        yield Problem(locate(doc, path), here, _range_words(err.validator_value, value)
+                      or f"expected {_type_words(err.validator_value)}, got {_describe(value)}")
     elif kind in ("enum", "const"):
         allowed = err.validator_value if kind == "enum" else [err.validator_value]
         hint = None
@@ -124,7 +135,8 @@ def _explain(err: jsonschema.ValidationError, doc: Document) -> Iterator[Problem
                       "use -1 for the rest of the devices" if path[:1] == ("mesh",) else None)
     elif kind == "anyOf":
         options = " or ".join(_branch_words(b) for b in err.validator_value)
-        yield Problem(locate(doc, path), here, f"expected {options}, got {_describe(value)}")
+        types = [b["type"] for b in err.validator_value if isinstance(b, dict) and isinstance(b.get("type"), str)]
+        yield Problem(locate(doc, path), here, _range_words(types, value) or f"expected {options}, got {_describe(value)}")
     elif kind == "pattern":
         if err.relative_schema_path and "propertyNames" in err.relative_schema_path:
             yield Problem(locate(doc, path + (value,), key=True), join_path(path + (value,)),
@@ -166,6 +178,17 @@ def _type_words(types) -> str:
     return " or ".join(_TYPE_WORDS.get(t, t) for t in types)
 
 
+def _range_words(types, value: Any) -> str | None:
+    """The message for a number of the right kind but out of range (non-finite, or an integer
+    beyond 64 bits), which the type checks above refuse; None for a plain type mismatch."""
+    types = [types] if isinstance(types, str) else list(types)
+    if isinstance(value, float) and not math.isfinite(value) and "number" in types:
+        return f"must be a finite number, got {_show(value)}"
+    if isinstance(value, int) and not isinstance(value, bool) and "integer" in types:
+        return f"must be an integer that fits in 64 bits (-2**63 to 2**63-1), got {_show(value)}"
+    return None
+
+
 def _branch_words(branch: dict) -> str:
     if "const" in branch:
         return _show(branch["const"])
@@ -188,7 +211,9 @@ def _show(value: Any) -> str:
         return repr(value) if len(value) <= 40 else repr(value[:37] + "...")
     if isinstance(value, (list, dict)):
         return "a list" if isinstance(value, list) else "a mapping"
-    return repr(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return {math.inf: ".inf", -math.inf: "-.inf"}.get(value, ".nan")
+    return short_number(repr(value))
 
 
 def _describe(value: Any) -> str:
@@ -199,9 +224,9 @@ def _describe(value: Any) -> str:
     if isinstance(value, str):
         return f"the string {_show(value)}"
     if isinstance(value, int):
-        return f"the integer {value}"
+        return f"the integer {_show(value)}"
     if isinstance(value, float):
-        return f"the number {value!r}"
+        return f"the number {_show(value)}"
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):

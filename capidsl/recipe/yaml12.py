@@ -8,14 +8,16 @@ the node tree into plain data itself, so that it can
   column inside it (a recipe-language error) can be mapped back to the file;
 - refuse duplicate keys, non-string keys and unknown tags as problems, all reported at once;
 - refuse hostile input early and with bounded memory: files over `MAX_BYTES`, bytes that are not
-  UTF-8, nesting deeper than `MAX_DEPTH`, and alias bombs (more than `MAX_NODES` values once
-  aliases are expanded, or a recursive alias).
+  UTF-8, nesting deeper than `MAX_DEPTH`, alias bombs (more than `MAX_NODES` values once
+  aliases are expanded, or a recursive alias), and number literals no float can hold (`1e400`,
+  a 400-digit integer), which would otherwise overflow wherever the value is first used.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -298,6 +300,11 @@ class _Builder:
 
     def _scalar(self, node: ScalarNode, path: KeyPath, where: Location):
         tag, text = node.tag, node.value
+        if tag in (_PLAIN, _INT, _FLOAT):
+            trouble = range_problem(text)
+            if trouble is not None:
+                self._problem(where, join_path(path), trouble)
+                return text
         if tag == _PLAIN:
             return resolve_plain(text)
         if tag == _STR:
@@ -316,6 +323,43 @@ class _Builder:
 
     def _problem(self, where: Location, path: str, message: str):
         self.problems.append(Problem(where, path, message))
+
+
+def range_problem(text: str) -> str | None:
+    """Why a scalar that reads as a number cannot be one (None when it can): every number of a
+    recipe must fit a float, so an integer beyond ±1.8e308 or a float literal that overflows to
+    infinity or rounds to 0 is refused here, with its place, before any stage converts it.
+
+    Decimal integers are measured by their digits first: Python refuses int() of more than 4300."""
+    if _INT_RE.fullmatch(text):
+        digits = text.lstrip("+-")
+        if not digits.startswith(("0o", "0x")) and len(digits.lstrip("0")) > _MAX_DIGITS:
+            return _too_large(text)
+        if abs(resolve_plain(text)) > sys.float_info.max:
+            return _too_large(text)
+    elif _FLOAT_RE.fullmatch(text):
+        value = float(text)
+        if math.isinf(value):
+            return _too_large(text)
+        mantissa = re.split("[eE]", text)[0]
+        if value == 0 and any(c in "123456789" for c in mantissa):
+            return f"{short_number(text)} is too small to hold as a number (it rounds to 0, below 5e-324); write 0 for zero"
+    return None
+
+
+_MAX_DIGITS = len(str(int(sys.float_info.max)))  # 309: a decimal integer this long may still fit
+
+
+def _too_large(text: str) -> str:
+    return f"{short_number(text)} is outside the range of numbers (a float holds at most ±1.8e308)"
+
+
+def short_number(text: str) -> str:
+    """A number's text for a message: long ones cut to their ends and their digit count."""
+    text = str(text)
+    if len(text) <= 24:
+        return text
+    return f"{text[:8]}...{text[-4:]} ({len(text)} characters)"
 
 
 def resolve_plain(text: str):

@@ -106,3 +106,21 @@ def test_shipped_recipes_point_editors_at_the_schema():
     for path in (REPO / "recipes").glob("*.yaml"):
         first = path.read_text().splitlines()[0]
         assert first == "# yaml-language-server: $schema=../schemas/recipe.schema.json", path
+
+
+def test_numbers_no_float_holds_are_located_errors_in_every_command(tmp_path):
+    """validate, plan and run all stop at the recipe stage with file:line:col, never an OverflowError."""
+    recipe = "tests/recipes/invalid/number_out_of_range.yaml"
+    probe = (
+        "import sys\n"
+        "from capidsl.cli.main import main\n"
+        f"for args in (['validate', {recipe!r}], ['plan', {recipe!r}], ['run', {recipe!r}, '--run-dir', {str(tmp_path / 'run')!r}]):\n"
+        "    print('== %s %d' % (args[0], main(args)), file=sys.stderr, flush=True)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in proc.stderr and "Error:" not in proc.stderr, proc.stderr[-3000:]
+    where = f"{recipe}:6:18: training.learning_rate: 1e400 is outside the range of numbers"
+    assert where in proc.stdout, proc.stdout  # validate reports on stdout
+    plan, run = proc.stderr.split("== validate 1\n")[1].split("== plan 1\n")
+    assert where in plan and where in run and run.endswith("== run 1\n"), proc.stderr
+    assert not (tmp_path / "run").exists()

@@ -4,8 +4,10 @@ every problem has a location — never another exception."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -161,3 +163,127 @@ def test_language_errors_point_at_the_offending_character(expr, style, flow):
         assert source_char == "'"
     else:
         assert source_char == wanted, (text, column, problem.render())
+
+
+# Hostile numbers: every number/integer key of the schema, given a value no float holds (a 400-digit
+# integer, 1e400), a non-finite one (.inf, .nan) or an integer beyond 64 bits, is a located problem at
+# that value — in the file and through --set — never an OverflowError further on.
+
+SCHEMA = json.loads((REPO / "schemas" / "recipe.schema.json").read_text())
+SENTINEL = "HOSTILE_NUMBER"
+MODELS = {"gpt": DATA[0]["model"], "mlp": {"family": "mlp", "input_dim": 4, "num_classes": 2},
+          "capibara": {"family": "capibara", "vocab_size": 256, "seq_len": 16, "d_model": 16, "n_layers": 1}}
+
+
+def _types(spec: dict) -> set[str]:
+    t = spec.get("type", [])
+    out = {t} if isinstance(t, str) else set(t)
+    for branch in spec.get("anyOf", []):
+        out |= _types(branch)
+    return out
+
+
+def numeric_keys(node: dict = SCHEMA, prefix: tuple = ()) -> dict[tuple, set[str]]:
+    """Every key path whose schema type is number or integer (a list's items as index 0), with its types."""
+    out: dict[tuple, set[str]] = {}
+    for key, spec in node.get("properties", {}).items():
+        if not isinstance(spec, dict):
+            continue
+        path, types = prefix + (key,), _types(spec)
+        if types & {"number", "integer"}:
+            out[path] = types & {"number", "integer"}
+        items = spec.get("items")
+        if isinstance(items, dict) and _types(items) & {"number", "integer"}:
+            out[path + (0,)] = _types(items) & {"number", "integer"}
+        if "object" in types:
+            out.update(numeric_keys(spec, path))
+    return out
+
+
+NUMERIC = numeric_keys()
+
+
+def _family(key: str) -> str:
+    """A built-in family that takes model option `key`."""
+    for rule in SCHEMA["properties"]["model"]["allOf"]:
+        family = rule["if"]["properties"]["family"].get("const")
+        if family and rule["then"]["properties"].get(key) is not False:
+            return family
+    raise AssertionError(key)
+
+
+def _recipe_with(path: tuple, literal: str) -> tuple[str, int]:
+    """base.yaml with `literal` written as the value at `path`; the text and the literal's line."""
+    data = copy.deepcopy(DATA[0])
+    if path[0] == "model":
+        data["model"] = dict(MODELS[_family(path[1])])
+    *parents, last = path
+    value = SENTINEL
+    if last == 0:  # a list's item
+        *parents, last = parents
+        value = [SENTINEL]
+    node = data
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[last] = value
+    text = yaml.safe_dump(data, sort_keys=False)
+    line = text[:text.index(SENTINEL)].count("\n") + 1
+    return text.replace(SENTINEL, literal), line
+
+
+def _dotted(path: tuple) -> str:
+    return ".".join(p for p in path if isinstance(p, str)) + ("[0]" if path[-1] == 0 else "")
+
+
+def located_problem(text: str, line: int | None, path: tuple, overrides=()) -> None:
+    """Loading fails with a RecipeError, all its problems located, one of them at `path` (on `line`)."""
+    with pytest.raises(RecipeError) as info:
+        Recipe.from_text(text, name="h.yaml", overrides=overrides)
+    problems = info.value.problems
+    assert all(p.location is not None and p.location.line >= 1 and p.location.column >= 1 for p in problems)
+    here = [p for p in problems if p.path == _dotted(path)]
+    assert here, info.value.render()
+    if line is not None:
+        assert any(p.location.file == "h.yaml" and p.location.line == line for p in here), info.value.render()
+    else:
+        assert any(p.location.file.startswith("<--set ") for p in here), info.value.render()
+
+
+def _override(path: tuple, literal: str) -> str:
+    if path[-1] == 0:
+        return f"{'.'.join(path[:-1])}=[{literal}]"
+    return f"{'.'.join(path)}={literal}"
+
+
+BEYOND_FLOAT = st.one_of(
+    st.integers(309, 4400).map(lambda n: "1" + "0" * n), st.integers(309, 4400).map(lambda n: "-9" + "9" * n),
+    st.integers(309, 10**6).map(lambda e: f"1e{e}"), st.integers(309, 10**6).map(lambda e: f"-2.5E+{e}"),
+    st.integers(325, 10**6).map(lambda e: f"3e-{e}"), st.integers(256, 600).map(lambda n: "0x" + "f" * n),
+    st.sampled_from(["0o" + "7" * 400, "!!float 1e999", "!!int " + "1" * 400, "1.7976931348623159e308"]),
+)
+NON_FINITE = st.sampled_from([".inf", "-.inf", "+.Inf", ".nan", ".NaN", "!!float .inf", "!!float -.INF"])
+BEYOND_INT64 = st.one_of(st.integers(2**63, 10**300), st.integers(-(10**300), -(2**63) - 1)).map(str)
+
+
+@pytest.mark.parametrize("path", list(NUMERIC), ids=_dotted)
+def test_every_numeric_key_refuses_numbers_no_float_holds(path):
+    for literal in ("1" + "0" * 400, "1e400", ".inf"):
+        text, line = _recipe_with(path, literal)
+        located_problem(text, line, path)
+        located_problem(_recipe_with(path, "1")[0], None, path, overrides=[_override(path, literal)])
+
+
+@SETTINGS
+@given(st.sampled_from(list(NUMERIC)), st.one_of(BEYOND_FLOAT, NON_FINITE, BEYOND_INT64), st.booleans())
+def test_hostile_numbers_are_located_problems_at_their_key(path, literal, as_override):
+    if literal.lstrip("-").isdigit() and len(literal) < 310 and "integer" not in NUMERIC[path]:
+        # an integer beyond 64 bits but within a float's range is a number like any other
+        check(_recipe_with(path, literal)[0])
+        return
+    if as_override:
+        located_problem(_recipe_with(path, "1")[0], None, path, overrides=[_override(path, literal)])
+    else:
+        text, line = _recipe_with(path, literal)
+        located_problem(text, line, path)

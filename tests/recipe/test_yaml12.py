@@ -64,6 +64,26 @@ def test_nan():
     assert math.isnan(read_yaml("k: .nan\n", "t.yaml").data["k"])
 
 
+@pytest.mark.parametrize("text, why", [
+    ("1" + "0" * 400, "10000000...0000 (401 characters) is outside the range of numbers"),
+    ("-" + "9" * 5000, "-9999999...9999 (5001 characters) is outside the range of numbers"),  # past int()'s 4300 digits
+    ("9" * 309, "99999999...9999 (309 characters) is outside the range of numbers"),
+    ("0x1" + "0" * 256, "0x100000...0000 (259 characters) is outside the range of numbers"),
+    ("1e400", "1e400 is outside the range of numbers"), ("-1.8E308", "-1.8E308 is outside the range of numbers"),
+    ("!!float 1e999", "1e999 is outside the range of numbers"),
+    ("2e-324", "2e-324 is too small to hold as a number (it rounds to 0"),
+])
+def test_numbers_no_float_can_hold_are_located_problems(text, why):
+    (line,) = problems(f"a:\n  k: {text}\n")
+    assert line.startswith(f"t.yaml:2:6: a.k: {why}"), line
+
+
+@pytest.mark.parametrize("text", ["1" + "0" * 308, "1.7976931348623157e308", "5e-324", "0e999", "0." + "0" * 400,
+                                  "0" * 400 + "7", "-" + "1" * 300, ".inf", "-.Inf", ".nan", "0x" + "f" * 255])
+def test_numbers_at_the_edge_of_the_range_still_read(text):
+    read_yaml(f"k: {text}\n", "t.yaml")
+
+
 def test_explicit_core_tags():
     data = read_yaml("a: !!str 5\nb: !!float 2\nc: !!int '7'\n", "t.yaml").data
     assert data == {"a": "5", "b": 2.0, "c": 7}
