@@ -10,37 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from capidsl.exec.errors import RunError
+from capidsl.plan.diff import json_diff
 from capidsl.plan.plan import RESUME_SAFE, Plan
-
-
-def _keyed(v: Any) -> Any:
-    """Plan lists that are really mappings, as dicts: frozen options ([key, value] pairs) and
-    tables of parameters (dicts with a "path"), so that a diff names `model.config.d_model`."""
-    if isinstance(v, list) and v and all(isinstance(x, list) and len(x) == 2 and isinstance(x[0], str) for x in v):
-        return {x[0]: x[1] for x in v}
-    if isinstance(v, list) and v and all(isinstance(x, dict) and isinstance(x.get("path"), str) for x in v):
-        return {x["path"]: x for x in v}
-    return v
 
 
 # Fields derived from others: shown after the change that caused them.
 _DERIVED = ("sharding.", "model.param_count", "batch.tokens_per_step")
-
-
-def json_diff(old: Any, new: Any, path: str = "") -> list[tuple[str, Any, Any]]:
-    """(dotted path, old, new) for every leaf that differs between two JSON values."""
-    old, new = _keyed(old), _keyed(new)
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for k in sorted(set(old) | set(new)):
-            out += json_diff(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))
-        return out
-    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        out = []
-        for i, (a, b) in enumerate(zip(old, new)):
-            out += json_diff(a, b, f"{path}[{i}]")
-        return out
-    return [] if old == new else [(path, old, new)]
 
 
 def _short(v: Any) -> str:
