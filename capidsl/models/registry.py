@@ -12,24 +12,18 @@ Python import paths (a recipe is data, not code). Built-in names win over entry 
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 
+# A built-in family's module is imported on first use, so listing names imports no JAX.
+from capidsl.families import BUILTIN, ENTRY_POINT_GROUP
 from capidsl.models.errors import ModelError
 from capidsl.models.family import REQUIRED_METHODS, ModelFamily
-
-ENTRY_POINT_GROUP = "capidsl.models"
-
-# name -> "module:attribute"; imported on first use, so listing names imports no JAX.
-BUILTIN = {
-    "gpt": "capidsl.models.gpt:GPTFamily",
-    "mlp": "capidsl.models.mlp:MLPFamily",
-    "capibara": "capidsl.models.capibara:CapibaraFamily",
-}
 
 _loaded: dict[str, ModelFamily] = {}
 
 
 def _entry_points() -> dict:
+    import importlib.metadata  # 60 ms: only when a name is not built in, or all names are listed
+
     return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 

@@ -10,8 +10,8 @@ that caused it, whichever package raised it: a ModelError or DataError is placed
 from __future__ import annotations
 
 from capidsl.data.errors import DataError
+from capidsl.families import BUILTIN_FAMILIES
 from capidsl.models.errors import ModelError
-from capidsl.models.registry import BUILTIN
 from capidsl.plan import comms, flops, lints, pruning
 from capidsl.plan.batching import Batching, plan_batching
 from capidsl.plan.cadences import Cadences, plan_cadences, total_steps
@@ -70,7 +70,7 @@ def _model_key(subject: str | None, family: str) -> str:
     that is not built in, whose options are written there), `model.family`, or `model`."""
     if subject and subject.startswith("model.") and subject != "model.family":
         option = subject.removeprefix("model.")
-        return f"model.{option}" if family in BUILTIN else f"model.options.{option}"
+        return f"model.{option}" if family in BUILTIN_FAMILIES else f"model.options.{option}"
     if subject == "model.family" or (subject or "").startswith("model family"):
         return "model.family"
     return "model"

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from capidsl.families import BUILTIN_FAMILIES, ENTRY_POINT_GROUP
 from capidsl.lang import Schedule
 from capidsl.recipe import desugar, load, schema
 from capidsl.recipe.errors import Location, Problem, RecipeError
@@ -18,7 +19,6 @@ from capidsl.recipe.sections import (
 )
 from capidsl.recipe.yaml12 import Document
 
-MODEL_ENTRY_POINTS = "capidsl.models"  # capidsl.models.registry.ENTRY_POINT_GROUP, without importing models
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class Recipe:
     export: ExportConfig
     logging: LoggingConfig
     source: str | None = field(default=None, compare=False)
+    notes: tuple[str, ...] = field(default=(), compare=False)  # defaults taken for absent sections
     _document: Document | None = field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -97,25 +98,25 @@ def from_document(doc: Document, source: str | None) -> Recipe:
     data = schema.with_defaults(doc.data)
     parts = desugar.sections(data, parsed)
     return Recipe(name=data.get("name"), description=data.get("description"), run_dir=data.get("run_dir"),
-                  source=source, _document=doc, **parts)
+                  source=source, notes=schema.taken_defaults(doc), _document=doc, **parts)
 
 
 def _family_problems(doc: Document) -> list[Problem]:
     """A model family must be built in or registered as an entry point (checked by name only)."""
     model = doc.data.get("model") if isinstance(doc.data, dict) else None
     family = model.get("family") if isinstance(model, dict) else None
-    if not isinstance(family, str) or family in schema.BUILTIN_FAMILIES:
+    if not isinstance(family, str) or family in BUILTIN_FAMILIES:
         return []
     import importlib.metadata  # only for a family that is not built in: it costs 60 ms to import
 
-    known = list(schema.BUILTIN_FAMILIES) + sorted(
-        ep.name for ep in importlib.metadata.entry_points(group=MODEL_ENTRY_POINTS))
+    known = list(BUILTIN_FAMILIES) + sorted(
+        ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
     if family in known:
         return []
     close = difflib.get_close_matches(family, known, n=1)
     hint = f"did you mean {close[0]!r}?" if close else f"known families: {', '.join(known)}"
     return [Problem(schema.locate(doc, ("model", "family")), "model.family",
-                    f"unknown model family {family!r} (not built in, no entry point in group {MODEL_ENTRY_POINTS})", hint)]
+                    f"unknown model family {family!r} (not built in, no entry point in group {ENTRY_POINT_GROUP})", hint)]
 
 
 def _split(dotted: str) -> tuple:
