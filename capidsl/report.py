@@ -51,6 +51,8 @@ def read_run(run_dir: str | Path) -> RunRecord:
     if not root.is_dir():
         raise ReportError(f"{run_dir} is not a folder", subject="RUN_DIR")
     if not metrics.is_file():
+        if (root / "plan.json").is_file():
+            raise _not_logged_yet(root, run_dir)
         raise ReportError(f"{run_dir} has no metrics.jsonl", subject="RUN_DIR",
                           hint="point at the folder `capidsl run` trained in (its --run-dir or the recipe's run_dir)")
     record = RunRecord(root)
@@ -71,7 +73,41 @@ def read_run(run_dir: str | Path) -> RunRecord:
     ckpts = root / "checkpoints"
     if ckpts.is_dir():
         record.checkpoint_steps = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+    if not record.train and not record.evals and (root / "plan.json").is_file():
+        raise _not_logged_yet(root, run_dir)
     return record
+
+
+def _not_logged_yet(root: Path, run_dir: str | Path) -> ReportError:
+    """A run whose metrics.jsonl is missing or holds no line yet: it ended (or was killed, or is
+    still running) before its first log step. Says the log cadence from plan.json, and how far
+    the run got from summary.json or its checkpoints."""
+    def read(name: str) -> dict:
+        try:
+            data = json.loads((root / name).read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    every = (read("plan.json").get("cadence") or {}).get("log_every")
+    summary = read("summary.json")
+    steps = summary.get("steps")
+    ckpts = root / "checkpoints"
+    kept = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) if ckpts.is_dir() else []
+    message = f"{run_dir} is a run (plan.json) that has not logged yet"
+    if isinstance(every, int):
+        message += f": it logs every {every} steps"
+    if isinstance(steps, int):
+        message += f", and it ended at step {steps}"
+    elif kept:
+        message += f"; its last checkpoint is step {kept[-1]}"
+    if summary and not summary.get("resumable"):
+        hint = "it is finished: log more often (logging.every) to see a run this short"
+    elif summary or kept:
+        hint = "run it further (`capidsl run` on the same --run-dir resumes it), or log more often (logging.every)"
+    else:
+        hint = "if it is still running, wait for its first log step; or log more often (logging.every)"
+    return ReportError(message, subject="RUN_DIR", hint=hint)
 
 
 def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:

@@ -85,3 +85,41 @@ def test_the_command_writes_report_png_in_the_run_dir(tmp_path):
     assert out.returncode == 0, out.stderr
     png = tmp_path / "run" / "report.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {png}" in out.stdout
+
+
+def _unlogged_run(run_dir: Path, metrics: str | None, summary: dict | None = None, checkpoints=()) -> Path:
+    """A run directory as a run leaves it before its first log line: plan.json, maybe checkpoints and a summary."""
+    run_dir.mkdir()
+    (run_dir / "plan.json").write_text(json.dumps({"name": "toy", "cadence": {"log_every": 25, "total_steps": 100}}))
+    if metrics is not None:
+        (run_dir / "metrics.jsonl").write_text(metrics)
+    if summary is not None:
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+    for step in checkpoints:
+        (run_dir / "checkpoints" / str(step)).mkdir(parents=True)
+    return run_dir
+
+
+def test_a_run_killed_before_its_first_log_line_is_named_a_run_that_has_not_logged(tmp_path):
+    run = _unlogged_run(tmp_path / "killed", metrics=None, checkpoints=(10, 20))
+    with pytest.raises(ReportError) as info:
+        read_run(run)
+    text = info.value.render()
+    assert f"{run} is a run (plan.json) that has not logged yet: it logs every 25 steps; its last checkpoint is step 20" in text
+    assert "no metrics.jsonl" not in text and "resumes it" in text
+    # a line cut short by the kill is no log line either
+    cut = _unlogged_run(tmp_path / "cut", metrics='{"step": 2')
+    with pytest.raises(ReportError, match="has not logged yet: it logs every 25 steps"):
+        read_run(cut)
+
+
+def test_a_finished_run_shorter_than_its_log_cadence_says_so(tmp_path):
+    run = _unlogged_run(tmp_path / "short", metrics="", summary={"steps": 5, "resumable": False, "stop_reason": "completed"})
+    with pytest.raises(ReportError) as info:
+        read_run(run)
+    text = info.value.render()
+    assert "has not logged yet: it logs every 25 steps, and it ended at step 5" in text
+    assert "it is finished: log more often (logging.every)" in text
+    out = subprocess.run([sys.executable, "-m", "capidsl", "report", str(run)], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 1 and "has not logged yet: it logs every 25 steps" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and not (run / "report.png").exists()
