@@ -50,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     from capidsl.recipe import Recipe
 
     topology = _topology(args)
-    plan = compile_plan(Recipe.from_yaml(args.recipe, overrides=args.overrides), topology)
+    recipe = Recipe.from_yaml(args.recipe, overrides=args.overrides)
+    plan = compile_plan(recipe, topology)
     if args.compile:
         import dataclasses
 
@@ -79,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         from capidsl.plan.render import render
 
         console.print(render(plan))
+        for note in recipe.notes:  # sections the recipe left out, and the defaults that filled them
+            console.print(f"info: {note}", highlight=False, soft_wrap=True)
         if args.out:
             console.print(f"wrote {args.out}")
     return 0

@@ -5,6 +5,7 @@ mappings merge key by key, everything else (lists included) is replaced. Problem
 carry the extends chain that led to it. `--set key.path=value` then overrides single keys; the
 value is YAML (`--set training.batch_size=64`, `--set mesh.rules={}`), checked later by the same
 schema as the file, so an override is exactly as valid as the same line written in the recipe.
+On a recipe without `model:`, `--set model.d_model=64` changes the default model it trains.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Iterable
 
 from capidsl.errors import UsageError
 from capidsl.recipe.errors import Location, Problem, RecipeError
+from capidsl.recipe.schema import default_model
 from capidsl.recipe.yaml12 import Document, Position, decode, join_path, read_bytes, read_yaml
 
 MAX_EXTENDS = 16  # a chain longer than this is a mistake, not a design
@@ -133,6 +135,9 @@ def apply_overrides(doc: Document, overrides: Iterable[str]) -> Document:
         except RecipeError as err:
             problems.extend(_shift(p, shift, end, key) for p in err.problems)
             continue
+        if path[0] == "model" and path[1:2] not in ((), ("family",)) and "model" not in data:
+            # a recipe without a model trains the default one: --set tunes it as it would a written one
+            data["model"] = default_model()
         target = data
         for depth, part in enumerate(path[:-1]):
             nxt = target.get(part)

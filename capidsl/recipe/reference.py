@@ -48,6 +48,8 @@ def _section(path: str, node: dict[str, Any], level: int, out: list[str]) -> Non
     out.append(f"{'#' * level} `{path}`\n")
     if node.get("description"):
         out.append(node["description"] + "\n")
+    if "default" in node:
+        out.append(f"Default: {_default(node)}\n")
     props = node.get("properties", {})
     required = set(node.get("required", ()))
     nested = []
@@ -80,7 +82,7 @@ def markdown(schema: dict[str, Any]) -> str:
             key = f"`{name}`" + (" (required)" if name in required else "")
             out.append(f"| {key} | {_cell(_type(prop))} | {_cell(_default(prop))} | {_cell(prop.get('description', ''))} |")
         else:
-            out.append(f"| `{name}`{' (required)' if name in required else ''} | object | — | "
+            out.append(f"| `{name}`{' (required)' if name in required else ''} | object | {_cell(_default(prop))} | "
                        f"{_cell(prop.get('description', ''))} See [`{name}`](#{name}). |")
     out.append("")
     for name, prop in top.items():

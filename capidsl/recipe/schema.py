@@ -178,6 +178,29 @@ def _type_words(types) -> str:
     return " or ".join(_TYPE_WORDS.get(t, t) for t in types)
 
 
+def default_model() -> dict:
+    """The model a recipe without `model:` trains: the schema's default (the base recipe's GPT)."""
+    return dict(schema()["properties"]["model"]["default"])
+
+
+def taken_defaults(doc: Document) -> tuple[str, ...]:
+    """One line per section the recipe does not write whose default is a choice worth saying out
+    loud (the model, the data), for `capidsl plan` to show. A section is written when it has a
+    position: `--set model.KEY=...` on a recipe without a model tunes the default model (load.py)."""
+    notes = []
+    if ("model",) not in doc.positions:
+        model = default_model()
+        family = model.pop("family")
+        options = ", ".join(f"{k} {v}" for k, v in model.items())
+        changed = ", then changed by --set" if (doc.data or {}).get("model", default_model()) != default_model() else ""
+        notes.append(f"model: not in the recipe; the default {family} ({options}) was taken{changed}")
+    if ("data",) not in doc.positions:
+        data = schema()["properties"]["data"]["properties"]
+        notes.append(f"data: not in the recipe; the default {data['source']['default']} corpus "
+                     f"({data['tokenizer']['default']} tokenizer) was taken")
+    return tuple(notes)
+
+
 def _range_words(types, value: Any) -> str | None:
     """The message for a number of the right kind but out of range (non-finite, or an integer
     beyond 64 bits), which the type checks above refuse; None for a plain type mismatch."""
@@ -238,8 +261,8 @@ def with_defaults(data: dict) -> dict:
     """The document with every absent section and key set to its schema default.
 
     Model options are left as written (the model family's `normalize` owns their defaults,
-    only `family` defaults to "gpt"); `precision` stays absent unless written, so desugaring
-    can tell it from training.mixed_precision.
+    only `family` defaults to "gpt"), and an absent `model` is the schema's default model;
+    `precision` stays absent unless written, so desugaring can tell it from training.mixed_precision.
     """
     props = schema()["properties"]
     out = dict(data)
@@ -254,7 +277,7 @@ def with_defaults(data: dict) -> dict:
             out[name] = section
         elif name not in out and "default" in sub:
             out[name] = sub["default"]
-    model = dict(out.get("model") or {})
+    model = dict(out["model"] if "model" in out else default_model())
     model.setdefault("family", props["model"]["properties"]["family"]["default"])
     out["model"] = model
     return out

@@ -36,6 +36,65 @@ def test_seed_recipe_keeps_its_values_and_meaning():
     assert recipe.schedule == lang.parse_schedule("constant(2e-5, rest)")
 
 
+SEED_ONLY = """training:
+  batch_size: 32
+  learning_rate: 2e-5
+  num_epochs: 100
+  early_stopping_patience: 5
+  checkpoint_frequency: 10
+  seed: 42
+  mixed_precision: true
+  gradient_accumulation_steps: 8
+
+optimizer:
+  name: "adamw"
+  beta1: 0.9
+  beta2: 0.999
+  epsilon: 1e-8
+  weight_decay: 0.01
+"""
+DEFAULT_MODEL_NOTE = ("model: not in the recipe; the default gpt (vocab_size 256, seq_len 128, d_model 128, n_layers 4, "
+                      "n_heads 4) was taken")
+
+
+def test_the_seed_blocks_alone_train_the_default_model_on_the_stdlib_corpus():
+    recipe = Recipe.from_text(SEED_ONLY, name="seed-only.yaml")
+    base = Recipe.from_yaml(REPO / "recipes" / "base.yaml")
+    assert recipe.model == base.model and recipe.data == base.data  # the base recipe's GPT, on the stdlib corpus
+    assert recipe.notes == (DEFAULT_MODEL_NOTE, "data: not in the recipe; the default stdlib corpus (byte tokenizer) was taken")
+    assert recipe.location("model.d_model") == Location("seed-only.yaml", 1, 1)  # nowhere written: the file
+    # the shipped seed recipe is these blocks and a name, nothing else
+    seed = Recipe.from_yaml(REPO / "recipes" / "seed.yaml")
+    assert set(seed.to_dict()) == {"name", "training", "optimizer"} and seed.notes == recipe.notes
+    assert dataclasses.replace(seed, name=None) == recipe
+
+
+def test_the_default_model_is_the_base_recipes_and_a_written_one_is_taken_as_written():
+    import json
+
+    from capidsl.resources import resource_path
+    from capidsl.recipe.yaml12 import read_yaml
+
+    schema = json.loads(resource_path("schemas", "recipe.schema.json").read_text())
+    base = read_yaml((REPO / "recipes" / "base.yaml").read_text(), "base.yaml").data
+    assert schema["properties"]["model"]["default"] == base["model"]
+    written = Recipe.from_text(MODEL + SEED_ONLY)
+    assert written.model.d_model == 64 and not any(n.startswith("model:") for n in written.notes)
+    assert errors("model: {d_model: 64}\n")[0] == (
+        "r.yaml:1:1: model.n_heads: required key is missing (model family 'gpt' needs it)")
+
+
+def test_set_tunes_the_default_model_and_a_family_starts_afresh():
+    tuned = Recipe.from_text(SEED_ONLY, overrides=["model.d_model=64", "model.n_layers=1"])
+    assert (tuned.model.family, tuned.model.d_model, tuned.model.n_layers, tuned.model.seq_len) == ("gpt", 64, 1, 128)
+    assert tuned.notes[0] == DEFAULT_MODEL_NOTE + ", then changed by --set"
+    assert tuned.location("model.d_model") == Location("<--set model.d_model=64>", 1, 15)
+    mlp = Recipe.from_text(SEED_ONLY, overrides=["model.family=mlp", "model.input_dim=4", "model.num_classes=3"])
+    assert (mlp.model.family, mlp.model.num_classes, dict(mlp.model.options)) == ("mlp", 3, {"input_dim": 4, "num_classes": 3})
+    whole = Recipe.from_text(SEED_ONLY, overrides=["model={family: mlp, input_dim: 4, num_classes: 2}"])
+    assert whole.model.family == "mlp" and not any(n.startswith("model:") for n in whole.notes)
+
+
 def test_base_recipe_loads():
     recipe = Recipe.from_yaml(REPO / "recipes" / "base.yaml")
     assert recipe.model.family == "gpt" and recipe.model.d_model == 128 and recipe.data.source == "stdlib"
