@@ -72,8 +72,8 @@ def test_the_seed_blocks_alone_train_the_default_model_on_the_stdlib_corpus():
 def test_the_default_model_is_the_base_recipes_and_a_written_one_is_taken_as_written():
     import json
 
-    from capidsl.resources import resource_path
     from capidsl.recipe.yaml12 import read_yaml
+    from capidsl.resources import resource_path
 
     schema = json.loads(resource_path("schemas", "recipe.schema.json").read_text())
     base = read_yaml((REPO / "recipes" / "base.yaml").read_text(), "base.yaml").data
