@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from capidsl import rundir
 from capidsl.errors import SubjectError
 
 
@@ -47,13 +48,13 @@ def _number(v: Any) -> float | None:
 def read_run(run_dir: str | Path) -> RunRecord:
     """The metrics lines (train and eval apart), the summary if written, and the kept checkpoint steps."""
     root = Path(run_dir)
-    metrics = root / "metrics.jsonl"
+    metrics = root / rundir.METRICS
     if not root.is_dir():
         raise ReportError(f"{run_dir} is not a folder", subject="RUN_DIR")
     if not metrics.is_file():
-        if (root / "plan.json").is_file():
+        if rundir.is_run(root):
             raise _not_logged_yet(root, run_dir)
-        raise ReportError(f"{run_dir} has no metrics.jsonl", subject="RUN_DIR",
+        raise ReportError(f"{run_dir} has no {rundir.METRICS}", subject="RUN_DIR",
                           hint="point at the folder `capidsl run` trained in (its --run-dir or the recipe's run_dir)")
     record = RunRecord(root)
     for line in metrics.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -64,16 +65,12 @@ def read_run(run_dir: str | Path) -> RunRecord:
             record.skipped_lines += 1  # a line cut short by a kill
             continue
         (record.evals if any(k.startswith("val_") for k in row) else record.train).append(row)
-    summary = root / "summary.json"
-    if summary.is_file():
-        try:
-            record.summary = json.loads(summary.read_text())
-        except ValueError as err:
-            raise ReportError(f"{summary} is not valid JSON ({err})", subject="summary.json") from None
-    ckpts = root / "checkpoints"
-    if ckpts.is_dir():
-        record.checkpoint_steps = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
-    if not record.train and not record.evals and (root / "plan.json").is_file():
+    try:
+        record.summary = rundir.read_summary(root)
+    except rundir.RunDirError as err:
+        raise ReportError(err.message, subject=err.subject) from None
+    record.checkpoint_steps = rundir.checkpoint_steps(root)
+    if not record.train and not record.evals and rundir.is_run(root):
         raise _not_logged_yet(root, run_dir)
     return record
 
@@ -89,12 +86,11 @@ def _not_logged_yet(root: Path, run_dir: str | Path) -> ReportError:
             return {}
         return data if isinstance(data, dict) else {}
 
-    every = (read("plan.json").get("cadence") or {}).get("log_every")
-    summary = read("summary.json")
+    every = (read(rundir.PLAN).get("cadence") or {}).get("log_every")
+    summary = read(rundir.SUMMARY)
     steps = summary.get("steps")
-    ckpts = root / "checkpoints"
-    kept = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) if ckpts.is_dir() else []
-    message = f"{run_dir} is a run (plan.json) that has not logged yet"
+    kept = rundir.checkpoint_steps(root)
+    message = f"{run_dir} is a run ({rundir.PLAN}) that has not logged yet"
     if isinstance(every, int):
         message += f": it logs every {every} steps"
     if isinstance(steps, int):
@@ -186,7 +182,7 @@ def describe(record: RunRecord) -> str:
             b = s["best"]
             lines.append(f"best {b['metric']} {b['value']:.4f} at step {b['step']}")
     elif last:
-        lines.append(f"no summary.json (still running, or killed): last logged step {last['step']}")
+        lines.append(f"no {rundir.SUMMARY} (still running, or killed): last logged step {last['step']}")
     if last:
         loss = _number(last.get("loss"))
         lines.append(f"last train loss {loss:.4f} at step {last['step']}" if loss is not None else "")
