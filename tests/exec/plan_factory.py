@@ -1,115 +1,46 @@
-"""Small Plans built straight from the Plan dataclasses, for executor tests (no recipe, no compiler).
+"""Small Plans for executor tests, made the one way plans are made: a recipe through the real compiler.
 
-`make_plan("gpt", mesh={"data": 2, "fsdp": 2, "tensor": 2}, accumulation=4)` gives a complete,
-consistent Plan for a tiny model: the parameter table comes from the model family itself
-(`param_table` of the abstract model) and the sharding follows `RULES`, the way the plan compiler
-places parameters: each dimension takes the mesh axes its logical axis maps to, if they are in
-the mesh, unused by another dimension, and divide it. `make_batch(plan, ...)` makes a matching
+`make_plan("gpt", mesh={"data": 2, "fsdp": 2, "tensor": 2}, accumulation=4)` writes a recipe for a
+tiny model (each keyword is one recipe key), loads it with the recipe loader and compiles it with
+`compile_plan` for a simulated topology of as many CPU devices as the mesh uses, so parameter
+placement, batching and cadences are the compiler's own. `make_batch(plan, ...)` makes a matching
 global batch of random data.
 """
 
 from __future__ import annotations
 
-import math
+import copy
+import json
 from typing import Any
 
 import numpy as np
 
-from capidsl.lang.ast import ResolvedPiece, ResolvedSchedule
-from capidsl.plan.plan import (
-    PLAN_VERSION,
-    BatchPlan,
-    CadencePlan,
-    CheckpointPlan,
-    DataPlan,
-    ExportPlan,
-    FlopsEstimate,
-    LoggingPlan,
-    MemoryEstimate,
-    MeshPlan,
-    ModelPlan,
-    OptimizerPlan,
-    ParamSharding,
-    Plan,
-    PrecisionPlan,
-    ShardingPlan,
-    StopPlan,
-    Topology,
-    freeze_options,
-)
-
-AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
-
-# Logical axis -> mesh axes (FSDP over the model dimension, tensor parallelism over heads, MLP
-# hidden units and the vocabulary; the stacked-layers axis is never split).
-RULES: dict[str, tuple[str, ...]] = {
-    "batch": BATCH_AXES,
-    "embed": ("fsdp",),
-    "vocab": ("tensor",),
-    "heads": ("tensor",),
-    "kv_heads": ("tensor",),
-    "mlp": ("tensor",),
-    "hidden": ("tensor",),
-    "classes": (),
-    "input": ("fsdp",),
-    "norm": (),
-    "layers": (),
-}
+from capidsl.plan.compile import compile_plan
+from capidsl.plan.plan import Plan
+from capidsl.plan.topology import simulated
+from capidsl.recipe import Recipe
 
 TINY = {
-    "gpt": dict(vocab_size=32, seq_len=8, d_model=16, n_layers=1, n_heads=2, dropout=0.0),
+    "gpt": dict(vocab_size=256, seq_len=8, d_model=16, n_layers=1, n_heads=2, dropout=0.0),
     "mlp": dict(input_dim=8, hidden=[32, 32], num_classes=4, dropout=0.0),
 }
 
+# the recipe's `precision:` for each policy a test names
 PRECISIONS = {
-    "float32": ("float32", "float32", "float32", "none"),
-    "bfloat16": ("float32", "bfloat16", "float32", "none"),
-    "float16": ("float32", "float16", "float32", "dynamic"),
+    "float32": {"params": "float32", "compute": "float32", "output": "float32", "loss_scale": "none"},
+    "bfloat16": {"params": "float32", "compute": "bfloat16", "output": "float32", "loss_scale": "none"},
+    "float16": {"params": "float32", "compute": "float16", "output": "float32", "loss_scale": "dynamic"},
 }
 
 
-def mesh_plan(mesh: dict[str, int] | None) -> MeshPlan:
-    sizes = {a: 1 for a in AXES} | dict(mesh or {})
-    return MeshPlan(axes=AXES, shape=tuple(sizes[a] for a in AXES))
+def _merge(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
-def place(shape, logical_axes, mp: MeshPlan, rules=RULES):
-    """The MeshSpec for one parameter under `rules`, and its bytes per device for a given itemsize."""
-    used: set[str] = set()
-    spec = []
-    for dim, name in zip(shape, logical_axes):
-        axes = tuple(a for a in rules.get(name or "", ()) if mp.size(a) > 1 and a not in used)
-        while axes and dim % math.prod(mp.size(a) for a in axes):
-            axes = axes[:-1]
-        used.update(axes)
-        spec.append(axes)
-    return tuple(spec)
-
-
-def param_table(family: str, options: dict[str, Any], precision: PrecisionPlan, remat: str):
-    """The family's own parameter table for the abstract model (nothing allocated)."""
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from capidsl.models import get_family, param_table as table
-
-    fam = get_family(family)
-    cfg = fam.normalize(options)
-    abstract = nnx.eval_shape(
-        lambda: fam.build(cfg, rngs=nnx.Rngs(0), param_dtype=jnp.dtype(precision.param_dtype),
-                          compute_dtype=jnp.dtype(precision.compute_dtype), remat=remat)
-    )
-    return fam, cfg, table(abstract)
-
-
-def constant_schedule(lr: float, total_steps: int) -> ResolvedSchedule:
-    """The ResolvedSchedule of a constant learning rate over the whole run."""
-    piece = ResolvedPiece(kind="constant", start_step=0, steps=total_steps, init_value=float(lr), end_value=float(lr))
-    return ResolvedSchedule(text=f"constant({lr!r}, rest)", total_steps=total_steps, pieces=(piece,))
-
-
-def make_plan(
+def tiny_recipe(
     family: str = "gpt",
     *,
     mesh: dict[str, int] | None = None,
@@ -120,72 +51,44 @@ def make_plan(
     lr: float = 1e-3,
     weight_decay: float = 0.01,
     grad_clip: float | None = 1.0,
-    decay_mask: str = "matrices",
     total_steps: int = 20,
     seed: int = 0,
     remat: str = "none",
-    schedule=None,
-    rules: dict[str, tuple[str, ...]] | None = None,
-    device_count: int | None = None,
+    schedule: str | None = None,
+    rules: dict | None = None,
+    recipe: dict | None = None,
     **model_options: Any,
-) -> Plan:
-    """A consistent Plan for a tiny `family` model; every keyword is one plan decision."""
-    mp = mesh_plan(mesh)
-    if micro_batch < 1 or accumulation < 1:
-        raise ValueError(f"micro_batch and accumulation must be >= 1, got {micro_batch} and {accumulation}")
-    pdt, cdt, odt, scale = PRECISIONS[precision]
-    prec = PrecisionPlan(param_dtype=pdt, compute_dtype=cdt, output_dtype=odt, loss_scale=scale,
-                         loss_scale_value=2.0**15 if scale != "none" else 1.0)
-    options = TINY[family] | model_options
-    fam, cfg, table = param_table(family, options, prec, remat)
-    rules = RULES | (rules or {})
-    params = []
-    for info in table:
-        spec = place(info.shape, info.logical_axes, mp, rules)
-        local = math.prod(d // math.prod(mp.size(a) for a in axes) for d, axes in zip(info.shape, spec))
-        params.append(ParamSharding(path=info.path, shape=tuple(info.shape), dtype=str(info.dtype),
-                                    logical_axes=tuple(info.logical_axes), spec=spec,
-                                    bytes_per_device=local * np.dtype(info.dtype).itemsize))
-    batch_spec = (tuple(a for a in BATCH_AXES if mp.size(a) > 1),)
-    dp = mp.data_parallel
-    seq_len = options.get("seq_len", 1) if family == "gpt" else 1
-    global_batch = micro_batch * accumulation * dp
-    batch = BatchPlan(global_batch=global_batch, micro_batch=micro_batch, accumulation=accumulation,
-                      data_parallel=dp, seq_len=seq_len, tokens_per_step=global_batch * seq_len,
-                      per_process_batch=global_batch)
-    param_bytes = sum(p.bytes_per_device for p in params)
-    n = device_count or mp.device_count
-    return Plan(
-        version=PLAN_VERSION,
-        name=f"test-{family}",
-        seed=seed,
-        run_dir="runs/test",
-        topology=Topology(device_kind="cpu", device_count=n, process_count=1, memory_per_device=2**34,
-                          peak_flops_bf16=1e11, peak_flops_f32=1e11, simulated=False),
-        mesh=mp,
-        model=ModelPlan(family=family, config=freeze_options(dict(options)), param_count=sum(math.prod(p.shape) for p in params), remat=remat),
-        sharding=ShardingPlan(rules=tuple(sorted(rules.items())), params=tuple(params), batch_spec=batch_spec),
-        precision=prec,
-        batch=batch,
-        optimizer=OptimizerPlan(name=optimizer, beta1=0.9, beta2=0.999, epsilon=1e-8, weight_decay=weight_decay,
-                                momentum=0.9, nesterov=False, grad_clip=grad_clip, decay_mask=decay_mask),
-        schedule=schedule if schedule is not None else constant_schedule(lr, total_steps),
-        stop=StopPlan(rule=None, restore_best=False, restore_metric=None, restore_mode="min"),
-        cadence=CadencePlan(total_steps=total_steps, steps_per_epoch=total_steps, eval_every=None, eval_batches=2,
-                            checkpoint_every=None, log_every=1),
-        checkpoint=CheckpointPlan(keep=2, keep_best_metric=None, keep_best_mode="min", keep_best=0, async_save=False),
-        data=DataPlan(source="synthetic", path=None, field="text", tokenizer="byte",
-                      kind="lm" if family == "gpt" else "classification",
-                      vocab_size=options.get("vocab_size", 0), seq_len=seq_len,
-                      input_dim=options.get("input_dim", 0), num_classes=options.get("num_classes", 0),
-                      validation_fraction=0.1, shuffle=True, seed=seed, workers=0, prefetch=2,
-                      synthetic_examples=256, train_examples=global_batch * total_steps, val_examples=global_batch * 2),
-        memory=MemoryEstimate(params=param_bytes, grads=param_bytes, opt_state=2 * param_bytes, activations=0,
-                              batch=0, total=4 * param_bytes, device_memory=2**34, fits=True, activation_formula="test"),
-        flops=FlopsEstimate(flops_per_token=0.0, flops_per_step=0.0, assumed_mfu=0.4, step_time_s=0.0, formula="test"),
-        logging=LoggingPlan(tensorboard=False, progress="none"),
-        export=ExportPlan(format="none", opset=23, tolerance=1e-4, path=None),
-    )
+) -> dict:
+    """The recipe (as data) for a tiny `family` model; `recipe` adds or replaces any other keys."""
+    sizes = {"data": 1, "fsdp": 1, "tensor": 1} | dict(mesh or {})
+    return _merge({
+        "name": f"test-{family}",
+        "run_dir": "runs/test",
+        "model": {"family": family, **TINY[family], **model_options},
+        "data": {"source": "synthetic", "synthetic_examples": 256, "validation_fraction": 0.1, "shuffle": True,
+                 "workers": 0, "prefetch": 2},
+        "training": {"batch_size": micro_batch * accumulation * sizes["data"] * sizes["fsdp"],
+                     "micro_batch": micro_batch, "gradient_accumulation_steps": accumulation,
+                     "duration": f"{total_steps} steps", "seed": seed, "grad_clip": grad_clip, "remat": remat},
+        "optimizer": {"name": optimizer, "weight_decay": weight_decay, "beta1": 0.9, "beta2": 0.999, "epsilon": 1e-8,
+                      "momentum": 0.9},
+        "schedule": schedule or f"constant({lr!r}, rest)",
+        "precision": PRECISIONS[precision],
+        "eval": {"every": None, "batches": 2},
+        "stop": {"restore_best": False},
+        "checkpoint": {"every": None, "keep": 2, "async": False},
+        "logging": {"every": "every 1 steps", "tensorboard": False, "progress": "none"},
+        "mesh": {**sizes, "rules": dict(rules or {})},
+    }, recipe or {})
+
+
+def make_plan(family: str = "gpt", *, devices: int | None = None, **keys: Any) -> Plan:
+    """The compiled Plan of `tiny_recipe(family, **keys)` on `devices` simulated CPU devices
+    (default: the mesh's) in one process, as the tests' fake CPU devices are."""
+    data = tiny_recipe(family, **keys)
+    n = devices or data["mesh"]["data"] * data["mesh"]["fsdp"] * data["mesh"]["tensor"]
+    # JSON is YAML: the text goes through the same loader, schema and desugaring as a recipe file
+    return compile_plan(Recipe.from_text(json.dumps(data), name=f"test-{family}.yaml"), simulated("cpu", n, processes=1))
 
 
 def make_batch(plan: Plan, seed: int = 0, *, real_tokens=None) -> dict[str, np.ndarray]:
