@@ -13,7 +13,6 @@ from capidsl.exec.errors import RunError
 from capidsl.plan.diff import json_diff
 from capidsl.plan.plan import RESUME_SAFE, Plan
 
-
 # Fields derived from others: shown after the change that caused them.
 _DERIVED = ("sharding.", "model.param_count", "batch.tokens_per_step")
 
