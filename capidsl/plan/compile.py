@@ -66,14 +66,15 @@ def _where(recipe):
 
 
 def _model_key(subject: str | None, family: str) -> str:
-    """The recipe key a ModelError's subject names: `model.<option>` (under `model.options` for a family
-    that is not built in, whose options are written there), `model.family`, or `model`."""
-    if subject and subject.startswith("model.") and subject != "model.family":
-        option = subject.removeprefix("model.")
-        return f"model.{option}" if family in BUILTIN_FAMILIES else f"model.options.{option}"
-    if subject == "model.family" or (subject or "").startswith("model family"):
+    """The recipe key a ModelError's subject names: itself when it is one (`model.d_model`,
+    `model.options.kernel`, `training.remat`), with a third-party family's `model.<option>` under
+    `model.options` where its options are written; `model.family`; else `model`."""
+    s = subject or ""
+    if s == "model.family" or s.startswith("model family"):
         return "model.family"
-    return "model"
+    if s.startswith("model.") and not s.startswith("model.options.") and family not in BUILTIN_FAMILIES:
+        return "model.options." + s.removeprefix("model.")
+    return s if "." in s and " " not in s else "model"
 
 
 def _data_key(subject: str | None) -> str:
@@ -83,7 +84,8 @@ def _data_key(subject: str | None) -> str:
 
 def _placed(err, message: str, key: str, where) -> PlanError:
     """A lower stage's error as a PlanError at recipe key `key`, keeping its message, subject and hint."""
-    return PlanError(message, subject=err.subject or key, location=where(key), hint=err.hint)
+    names_a_key = err.subject and "." in err.subject and " " not in err.subject
+    return PlanError(message, subject=key if names_a_key else err.subject or key, location=where(key), hint=err.hint)
 
 
 def _workload(recipe, model: ModelShapes, mesh: MeshPlan, topology: Topology) -> Workload:

@@ -109,3 +109,20 @@ def test_it_validates_plans_and_trains_through_capidsl_run(site, tmp_path):
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 4 and losses[-1] < losses[0] - 0.5, losses
     assert [r["step"] for r in rows if "val_loss" in r] == [20, 40]
+
+
+def test_a_third_party_familys_error_points_at_its_option_in_the_recipe(site, monkeypatch):
+    from capidsl.models import registry
+    from capidsl.plan.compile import compile_plan
+    from capidsl.plan.errors import PlanError
+    from capidsl.plan.topology import simulated
+    from capidsl.recipe import Recipe
+
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(registry, "_loaded", {})
+    text = RECIPE.read_text()
+    for override, where in (("model.options.kernel=0", "<--set model.options.kernel=0>:1:22: model.options.kernel: "),
+                            ("training.remat=full", "<--set training.remat=full>:1:16: training.remat: ")):
+        with pytest.raises(PlanError) as err:
+            compile_plan(Recipe.from_text(text, name="byo.yaml", overrides=[override]), simulated("cpu", 1))
+        assert err.value.render().startswith(where), err.value.render()
