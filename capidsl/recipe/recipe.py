@@ -20,7 +20,6 @@ from capidsl.recipe.sections import (
 from capidsl.recipe.yaml12 import Document
 
 
-
 @dataclass(frozen=True)
 class Recipe:
     """A recipe after extends, overrides, schema checks, language parsing and desugaring.
