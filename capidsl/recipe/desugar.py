@@ -18,7 +18,7 @@ from capidsl import lang
 from capidsl.lang.stop import AnyOf
 from capidsl.recipe.errors import Problem
 from capidsl.recipe.language import parse_field
-from capidsl.recipe.schema import BUILTIN_FAMILIES
+from capidsl.families import BUILTIN_FAMILIES
 from capidsl.recipe.schema import locate as schema_locate
 from capidsl.recipe.sections import (
     CheckpointConfig, DataConfig, EvalConfig, ExportConfig, FrozenMap, KeepBest, LoggingConfig,

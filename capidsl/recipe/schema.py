@@ -15,12 +15,12 @@ from typing import Any, Iterator
 import jsonschema
 from jsonschema import Draft202012Validator
 
+from capidsl.families import BUILTIN_FAMILIES
 from capidsl.recipe.errors import Problem
 from capidsl.recipe.yaml12 import Document, join_path, short_number
 from capidsl.resources import resource_path
 
 SCHEMA_FILE = "recipe.schema.json"
-BUILTIN_FAMILIES = ("gpt", "mlp", "capibara")
 
 
 @functools.lru_cache(maxsize=1)
