@@ -15,10 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 from capidsl import lang
+from capidsl.families import BUILTIN_FAMILIES
 from capidsl.lang.stop import AnyOf
 from capidsl.recipe.errors import Problem
 from capidsl.recipe.language import parse_field
-from capidsl.families import BUILTIN_FAMILIES
 from capidsl.recipe.schema import locate as schema_locate
 from capidsl.recipe.sections import (
     CheckpointConfig, DataConfig, EvalConfig, ExportConfig, FrozenMap, KeepBest, LoggingConfig,
