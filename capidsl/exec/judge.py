@@ -68,8 +68,8 @@ class Judge:
     def from_json(cls, plan: Plan, data: dict[str, Any]) -> tuple["Judge", list[str]]:
         """The judge a checkpoint saved, under this plan's (possibly changed) rule; notes on what changed."""
         stop, notes = StopMonitor.from_json(plan.stop.rule, data["stop"])
-        evals, _ = StopMonitor.from_json(plan.stop.rule, data["evals"])
-        return cls(plan, stop=stop, evals=evals), notes
+        evals, eval_notes = StopMonitor.from_json(plan.stop.rule, data["evals"])
+        return cls(plan, stop=stop, evals=evals), list(dict.fromkeys(notes + eval_notes))
 
     @classmethod
     def replay(cls, plan: Plan, history: list[Record]) -> "Judge":

@@ -539,25 +539,32 @@ class StopMonitor:
         """A monitor for `rule` that continues the saved state, and what could not be carried over.
 
         The rule may have changed since the state was saved (the stop rule may change on resume):
-        metric values carry over whatever the rule; a `stalls` clause carries its count when the
-        same clause was there before, and otherwise starts counting now (named in the notes).
+        metric values carry over whatever the rule. A `stalls` clause's count and best do not depend
+        on its patience, so they carry over from any saved clause on the same metric, unit, `by`,
+        `from` and mode (exactly what a replay of the history would give); a clause with none starts
+        counting at the resume, which the notes say.
         """
         monitor = cls(rule)
         st = monitor._state
         st.records, st.step, st.time_s = int(data["records"]), int(data["step"]), _unnum(data["time_s"])
         st.latest, st.lowest, st.highest = (_unpairs(data[k]) for k in ("latest", "lowest", "highest"))
-        saved = {node_from_json(t["clause"]): t for t in data.get("stalls", ())}
+        saved = {_track_key(node_from_json(t["clause"])): t for t in data.get("stalls", ())}
         notes = []
         for node, track in st.stalls.items():
-            t = saved.get(node)
+            t = saved.get(_track_key(node))
             if t is None:
                 if st.records:
-                    notes.append(f"`{node}` is new: its patience counts from step {st.step}")
+                    notes.append(f"`{node}` is new: its patience and its best value count from this resume")
                 continue
             track.best_value = _unnum(t["best_value"])
             track.best = None if t["best"] is None else Best(node.metric, int(t["best"][0]), _unnum(t["best"][1]))
             track.observed, track.since, track.last_step = int(t["observed"]), int(t["since"]), t["last_step"]
         return monitor, notes
+
+
+def _track_key(node: Stalls) -> tuple:
+    """What a `stalls` clause's bookkeeping depends on (everything but its patience)."""
+    return (node.metric, node.unit, node.min_delta, node.baseline, node.mode)
 
 
 def _num(v: float | None) -> Any:

@@ -324,7 +324,29 @@ def test_a_changed_rule_keeps_the_clauses_it_shares_and_says_which_start_countin
     for i, v in enumerate([3.0, 2.0, 2.5, 2.6]):
         monitor.add(Record(i + 1, float(i), "eval", {"val_loss": v, "val_accuracy": 0.5}))
     resumed, notes = StopMonitor.from_json(new, monitor.to_json())
-    assert notes == ["`val_accuracy stalls for 2 evals` is new: its patience counts from step 4"]
+    assert notes == ["`val_accuracy stalls for 2 evals` is new: its patience and its best value count from this resume"]
     assert not resumed.decide().stop
     decision = resumed.observe(Record(5, 5.0, "eval", {"val_loss": 2.7, "val_accuracy": 0.6}))
     assert decision.stop and "val_loss stalled for 3 evals" in decision.reason  # the carried count: 3 evals since step 2
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(0, 3, allow_nan=False).map(lambda x: round(x, 2)), min_size=1, max_size=20),
+       st.integers(1, 6), st.integers(1, 6), st.sampled_from([0, 0.1]), st.data())
+def test_a_changed_patience_resumes_exactly_as_a_replay_under_the_new_rule(values, before, after, by, data):
+    """Patience is not part of a clause's bookkeeping: changing it on resume loses nothing, the
+    decisions and the best value are those of the whole history replayed under the new rule."""
+    from capidsl.lang.stop import StopMonitor
+
+    old = StopRule(Stalls("val_loss", before, "evals", by))
+    new = StopRule(Stalls("val_loss", after, "evals", by))
+    history = evals(values)
+    cut = data.draw(st.integers(0, len(history)))
+    monitor = old.monitor()
+    for record in history[:cut]:
+        monitor.add(record)
+    resumed, notes = StopMonitor.from_json(new, monitor.to_json())
+    assert notes == []
+    for i in range(cut, len(history)):
+        assert resumed.observe(history[i]) == new.evaluate(history[: i + 1])
+    assert resumed.best("val_loss") == new.best(history, "val_loss")
