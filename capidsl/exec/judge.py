@@ -1,6 +1,6 @@
 """The stop rule and the best evaluation, followed record by record: O(1) per record, O(1) to save.
 
-Two `StopMonitor`s (capidsl/lang/stop.py): one sees every record and decides whether to stop; the
+Two `StopMonitor`s (capidsl/lang/monitor.py): one sees every record and decides whether to stop; the
 other sees evaluations only and answers "which evaluation was best" exactly as the rule judges it
 (`stalls` clauses count min_delta and a baseline), or by plain min/max when the plan has no rule.
 A checkpoint stores both monitors' state, not the history, so its size and each record's cost stay
@@ -13,7 +13,7 @@ from typing import Any
 
 from capidsl.lang.ast import Record
 from capidsl.lang.history import Best, Decision
-from capidsl.lang.stop import StopMonitor
+from capidsl.lang.monitor import StopMonitor
 from capidsl.plan.plan import Plan
 
 

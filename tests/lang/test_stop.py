@@ -282,7 +282,7 @@ def test_a_monitor_saved_and_restored_anywhere_decides_as_one_that_never_stopped
     it gives every later decision and best value exactly as the monitor that ran straight through."""
     import json
 
-    from capidsl.lang.stop import StopMonitor
+    from capidsl.lang.monitor import StopMonitor
 
     rule = rule.resolve(steps_per_epoch=7, tokens_per_step=3)
     history, step = [], 0
@@ -316,7 +316,7 @@ def test_the_saved_state_does_not_grow_with_the_history():
 
 
 def test_a_changed_rule_keeps_the_clauses_it_shares_and_says_which_start_counting_now():
-    from capidsl.lang.stop import StopMonitor
+    from capidsl.lang.monitor import StopMonitor
 
     old = parse_stop_rule("val_loss stalls for 3 evals").resolve(10, 1)
     new = parse_stop_rule("val_loss stalls for 3 evals or val_accuracy stalls for 2 evals").resolve(10, 1)
@@ -336,7 +336,7 @@ def test_a_changed_rule_keeps_the_clauses_it_shares_and_says_which_start_countin
 def test_a_changed_patience_resumes_exactly_as_a_replay_under_the_new_rule(values, before, after, by, data):
     """Patience is not part of a clause's bookkeeping: changing it on resume loses nothing, the
     decisions and the best value are those of the whole history replayed under the new rule."""
-    from capidsl.lang.stop import StopMonitor
+    from capidsl.lang.monitor import StopMonitor
 
     old = StopRule(Stalls("val_loss", before, "evals", by))
     new = StopRule(Stalls("val_loss", after, "evals", by))
