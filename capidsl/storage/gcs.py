@@ -105,12 +105,17 @@ def bytes_crc32c(data: bytes) -> str:
     return base64.b64encode(google_crc32c.Checksum(data).digest()).decode("ascii")
 
 
-def retry_deadline_s() -> float:
-    raw = os.environ.get(RETRY_ENV)
+def env_seconds(name: str, default: float) -> float:
+    """A number of seconds from the environment variable `name` (unset or empty: `default`)."""
+    raw = os.environ.get(name)
     try:
-        return float(raw) if raw else 120.0
+        return float(raw) if raw else default
     except ValueError:
-        raise StorageError(f"{RETRY_ENV}={raw!r} is not a number of seconds", subject=RETRY_ENV) from None
+        raise StorageError(f"{name}={raw!r} is not a number of seconds", subject=name) from None
+
+
+def retry_deadline_s() -> float:
+    return env_seconds(RETRY_ENV, 120.0)
 
 
 def _retry():

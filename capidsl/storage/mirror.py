@@ -15,16 +15,14 @@ still pending together with the `capidsl sync` command that completes it.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from capidsl.errors import CapidslError
 from capidsl import rundir
-from capidsl.storage.errors import StorageError
-from capidsl.storage.gcs import Store
+from capidsl.errors import CapidslError
+from capidsl.storage.gcs import Store, env_seconds
 from capidsl.storage.sync import Crcs, SyncReport, Unit, sync_unit, units
 
 DRAIN_ENV = "CAPIDSL_GCS_DRAIN_S"
@@ -32,11 +30,7 @@ MAX_BACKOFF_S = 60.0
 
 
 def drain_s() -> float:
-    raw = os.environ.get(DRAIN_ENV)
-    try:
-        return float(raw) if raw else 300.0
-    except ValueError:
-        raise StorageError(f"{DRAIN_ENV}={raw!r} is not a number of seconds", subject=DRAIN_ENV) from None
+    return env_seconds(DRAIN_ENV, 300.0)
 
 
 def _describe(err: BaseException) -> str:
