@@ -214,9 +214,11 @@ class Stalls(Node):
             return False
         if best is None:
             return True
+        # Keras' form (current ∓ min_delta against best), not best ± min_delta: the two differ by a
+        # rounding at the boundary (0.01 + 0.25 vs 0.26 - 0.25), and Keras is the reference.
         if self.mode == "min":
-            return value < best - self.min_delta
-        return value > best + self.min_delta
+            return value + self.min_delta < best
+        return value - self.min_delta > best
 
     def check(self, ctx: "_State") -> tuple[bool, str]:
         track = ctx.stalls[self]

@@ -3,7 +3,7 @@
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from capidsl.lang import LangError, parse_stop_rule
@@ -234,6 +234,7 @@ def keras_stop_epoch(values, patience, min_delta, baseline, mode):
     baseline=st.none() | st.sampled_from([1.0, 2.0]),
     mode=st.sampled_from(["min", "max"]),
 )
+@example(values=[0.26, 1.0, 1.0, 0.01], patience=3, min_delta=0.25, baseline=None, mode="min")  # a rounding boundary
 def test_matches_keras_early_stopping(values, patience, min_delta, baseline, mode):
     rule = StopRule(Stalls("m", patience, "evals", min_delta, baseline, mode))
     history = evals(values, metric="m")
