@@ -7,7 +7,9 @@ stable hash of the relative path, so the split is the same on every machine with
 from __future__ import annotations
 
 import hashlib
+import os
 import sysconfig
+from functools import lru_cache
 from pathlib import Path
 
 
@@ -15,15 +17,20 @@ def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
+@lru_cache(maxsize=1)
 def stdlib_files() -> list[tuple[str, Path]]:
     """(relative path, absolute path) of every stdlib `.py` file outside site-packages, sorted."""
     root = stdlib_root()
     files = []
-    for path in root.rglob("*.py"):
-        rel = path.relative_to(root).as_posix()
-        if rel.startswith(("site-packages/", "dist-packages/")) or not path.is_file():
-            continue
-        files.append((rel, path))
+    for top, dirs, names in os.walk(root):
+        rel_top = os.path.relpath(top, root)
+        if rel_top == ".":
+            dirs[:] = [d for d in dirs if d not in ("site-packages", "dist-packages")]
+        for name in names:
+            if name.endswith(".py"):
+                path = Path(top, name)
+                if path.is_file():
+                    files.append((name if rel_top == "." else f"{Path(rel_top).as_posix()}/{name}", path))
     files.sort()
     return files
 

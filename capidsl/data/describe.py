@@ -1,16 +1,15 @@
 """How many examples each split holds, computed the way the loader will cut them — without jax or grain.
 
-The plan compiler calls `describe` to turn epochs and tokens into exact steps. For the stdlib corpus
-with the byte tokenizer the counts come from file sizes alone (a byte is a token), so planning never
-reads the corpus.
+The plan compiler calls `describe` to turn epochs and tokens into exact steps. A document source's
+counts come from its token store's manifest (the store is prepared first if the cache lacks it), so
+planning never reads the tokens.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from capidsl.data.corpus import in_validation, stdlib_files
-from capidsl.data.sources import classification_arrays, lm_streams, source_key
+from capidsl.data.sources import classification_arrays, lm_streams, source_key, store_key, store_of
 
 
 @dataclass(frozen=True)
@@ -20,6 +19,8 @@ class DatasetInfo:
     train_tokens: int
     val_tokens: int
     vocab_size: int
+    train_loss_tokens: int = 0  # targets that count in the loss (the store's; supervised: completions)
+    skipped_documents: int = 0
 
 
 def stream_windows(tokens: int, streams: int, seq_len: int) -> int:
@@ -40,11 +41,13 @@ def describe(data) -> DatasetInfo:
     if data.kind == "classification":
         (xt, _), (xv, _) = classification_arrays(source_key(data))
         return DatasetInfo(len(xt), len(xv), len(xt), len(xv), 0)
-    if data.source == "stdlib" and data.tokenizer == "byte":
-        tokens = [0, 0]
-        for rel, path in stdlib_files():
-            tokens[in_validation(rel, float(data.validation_fraction))] += path.stat().st_size + 1  # + separator
-        return DatasetInfo(_examples(data, tokens[0]), _examples(data, tokens[1]), tokens[0], tokens[1], 256)
+    key = store_key(data)
+    if key:
+        store = store_of(key)
+        train, val = store.counts("train"), store.counts("val")
+        return DatasetInfo(_examples(data, train["tokens"]), _examples(data, val["tokens"]), train["tokens"],
+                           val["tokens"], store.vocab_size, train["loss_tokens"],
+                           store.manifest["skipped"]["documents"])
     train, val = lm_streams(source_key(data))
     vocab = 256 if data.tokenizer == "byte" else int(max(train.max(initial=0), val.max(initial=0))) + 1
     return DatasetInfo(_examples(data, len(train)), _examples(data, len(val)), len(train), len(val), vocab)

@@ -25,26 +25,29 @@ from capidsl.plan.plan import (
 from capidsl.plan.shapes import ModelShapes, plan_model_shapes
 
 
-def compile_plan(recipe, topology: Topology | None = None) -> Plan:
-    """The execution plan for `recipe` on `topology` (default: the devices this process sees)."""
+def compile_plan(recipe, topology: Topology | None = None, *, progress=None) -> Plan:
+    """The execution plan for `recipe` on `topology` (default: the devices this process sees).
+
+    A document source's token store is prepared first when the cache lacks it; `progress` (see
+    `capidsl.data.store.Silent`) shows that preparation, the CLI's as a progress bar."""
     from capidsl.plan.topology import live
 
     where = _where(recipe)
     try:
-        return _compile(recipe, topology or live(), where)
+        return _compile(recipe, topology or live(), where, progress)
     except ModelError as err:
         raise _placed(err, err.message, _model_key(err.subject, recipe.model.family), where) from None
     except DataError as err:
         raise _placed(err, err.args[0], _data_key(err.subject), where) from None
 
 
-def _compile(recipe, topology: Topology, where) -> Plan:
+def _compile(recipe, topology: Topology, where, progress=None) -> Plan:
     """The steps, in order; each takes what the ones before it decided."""
     mesh, mesh_lints = layout({"data": recipe.mesh.data, "fsdp": recipe.mesh.fsdp, "tensor": recipe.mesh.tensor},
                               topology, where("mesh"))
     model = plan_model_shapes(recipe, mesh, where)
     batching = plan_batching(recipe.training, topology, mesh, _workload(recipe, model, mesh, topology), where)
-    data = plan_data(recipe.data, recipe.training.seed, model, batching, where)
+    data = plan_data(recipe.data, recipe.training.seed, model, batching, where, progress)
     batch = data.batch
     total = total_steps(recipe.training, data.steps_per_epoch, batch.tokens_per_step, where)
     cadences = plan_cadences(recipe, total, data.steps_per_epoch, batch.tokens_per_step, data.val_batches,

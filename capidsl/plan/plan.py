@@ -169,6 +169,31 @@ class BucketPlan:
 
 
 @dataclass(frozen=True)
+class MixSourcePlan:
+    """One source of a mixture: where it is read from, its token store and what it holds."""
+
+    name: str
+    source: str
+    path: str | None
+    field: str
+    hf_split: str
+    store: str  # the token store's id (a content fingerprint)
+    train_examples: int  # packed windows of seq_len + 1 tokens
+    val_examples: int
+    train_tokens: int
+    val_tokens: int
+
+
+@dataclass(frozen=True)
+class MixStagePlan:
+    """From optimizer step `start_step` on, the sources' shares of every batch's rows (in source order)."""
+
+    start_step: int
+    weights: tuple[float, ...]
+    at: str  # as written in the recipe ("90%"), or "start"
+
+
+@dataclass(frozen=True)
 class DataPlan:
     """The input pipeline: where examples come from, how they are tokenised, packed and split."""
 
@@ -191,6 +216,17 @@ class DataPlan:
     val_examples: int
     streams: int = 0  # > 0: each batch row is one of this many contiguous streams, read in order; 0: windows shuffled
     buckets: tuple[BucketPlan, ...] = ()  # variable-length rows by length bucket (one batch shape each); () = windows
+    store: str = ""  # the token store's id (a content fingerprint of files, tokenizer, split rule); "" = none
+    cache: str = ""  # where stores are kept (not part of the fingerprint: moving the cache changes nothing)
+    hf_split: str = "train"
+    format: str = "text"  # text | supervised (loss masked to completions)
+    prompt_field: str = "prompt"
+    completion_field: str = "completion"
+    bad_documents: str = "error"  # error | skip
+    loss_tokens: int = 0  # training targets that count in the loss (supervised: completion tokens), 0 = not counted
+    skipped_documents: int = 0  # left out by bad_documents: skip
+    mixture: tuple[MixSourcePlan, ...] = ()  # several sources by weight (source == "mixture")
+    mixture_stages: tuple[MixStagePlan, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -380,6 +416,7 @@ class Plan:
     def fingerprint(self) -> str:
         """Hash of everything that must not change on resume (shapes, dtypes, data, optimizer, seed)."""
         data = {k: v for k, v in self.to_json().items() if k not in RESUME_SAFE}
+        data["data"] = {k: v for k, v in data["data"].items() if k != "cache"}  # where the stores are kept
         return content_hash(data)
 
     def canonical(self) -> str:

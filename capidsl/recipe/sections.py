@@ -90,6 +90,15 @@ class DataConfig:
     batching: str  # packed | bucketed
     token_budget: int | None
     buckets: tuple[int, ...] | None
+    hf_split: str = "train"
+    format: str = "text"  # text | supervised (prompt/completion rows, loss on the completion)
+    prompt_field: str = "prompt"
+    completion_field: str = "completion"
+    bad_documents: str = "error"  # error | skip
+    cache: str | None = None  # token stores' directory; None = $CAPIDSL_CACHE or ~/.cache/capidsl/tokens
+    mixture: FrozenMap | None = None  # name -> {source, path, field, hf_split, weight}
+    mixture_stages: tuple | None = None  # ({at: duration text, weights: {name: w}}, ...)
+    max_repeats: float = 4
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,7 @@ def test_bad_sources_are_clear_errors(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         describe(data_plan(source="text", path=str(tmp_path / "missing.txt")))
     (tmp_path / "d.jsonl").write_text('{"body": "x"}\n')
-    with pytest.raises(DataError, match="d.jsonl:1: no text field 'text'"):
+    with pytest.raises(DataError, match=r"d.jsonl:1: no field 'text'; the record has \['body'\]"):
         describe(data_plan(source="jsonl", path=str(tmp_path / "d.jsonl")))
     with pytest.raises(DataError, match="fewer than one batch"):
         train_loader(data_plan(synthetic_examples=4), global_batch=8)
