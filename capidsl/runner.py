@@ -15,8 +15,11 @@ from pathlib import Path
 from capidsl.errors import UsageError
 
 
-def load_plan(target: str, overrides: list[str] | tuple[str, ...] = ()):
-    """A Plan from a plan.json as is, or compiled from a recipe with its --set overrides."""
+def load_plan(target: str, overrides: list[str] | tuple[str, ...] = (), *, progress=None):
+    """A Plan from a plan.json as is, or compiled from a recipe with its --set overrides.
+
+    Compiling prepares a missing token store (shown by `progress`, see capidsl.data.store.Silent);
+    a plan.json's stores are prepared (or refused, when the files changed) by `prepare_stores`."""
     if target.startswith("gs://"):  # read from a downloaded copy (a recipe with the files its extends names)
         from capidsl.storage.gcs import GsUrl
         from capidsl.storage.remote_recipe import fetch_recipe
@@ -36,7 +39,15 @@ def load_plan(target: str, overrides: list[str] | tuple[str, ...] = ()):
     from capidsl.plan.compile import compile_plan
     from capidsl.recipe import Recipe
 
-    return compile_plan(Recipe.from_yaml(target, overrides=list(overrides)))
+    return compile_plan(Recipe.from_yaml(target, overrides=list(overrides)), progress=progress)
+
+
+def prepare_stores(plan, progress=None) -> None:
+    """Make sure the token stores the plan names are in the cache: prepared from the plan's sources
+    when missing, and refused, naming the files, when those no longer make the plan's store."""
+    from capidsl.data.store import plan_stores
+
+    plan_stores(plan.data, progress=progress)
 
 
 def run(plan, run_dir: str | Path | None = None, *, max_steps: int | None = None, stdout_is_tty: bool | None = None):

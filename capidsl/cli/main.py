@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "validate": "check recipes against the schema and the recipe language",
     "schema": "print the recipe JSON Schema",
     "explain": "say in words what a recipe-language expression means",
+    "data": "prepare token stores: tokenise a recipe's sources once (run and plan do it when needed)",
     "plan": "compile a recipe into an execution plan (dry run, any topology)",
     "run": "train: compile the plan and execute it (resumes an existing run directory)",
     "sample": "generate text from a trained run",

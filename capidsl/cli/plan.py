@@ -51,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
 
     topology = _topology(args)
     recipe = Recipe.from_yaml(args.recipe, overrides=args.overrides)
-    plan = compile_plan(recipe, topology)
+    from capidsl.cli.progress import PrepareBar
+
+    plan = compile_plan(recipe, topology, progress=PrepareBar())
     if args.compile:
         import dataclasses
 

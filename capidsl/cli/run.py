@@ -45,9 +45,11 @@ def run(args: argparse.Namespace) -> int:
 
     # Join the other processes before anything asks JAX for devices: the plan is compiled for all of them.
     distributed.initialize(distributed.resolve(args.coordinator, args.num_processes, args.process_id))
-    from capidsl.runner import describe, load_plan, run as run_plan
+    from capidsl.cli.progress import PrepareBar
+    from capidsl.runner import describe, load_plan, prepare_stores, run as run_plan
 
-    plan = load_plan(args.target, args.overrides)
+    plan = load_plan(args.target, args.overrides, progress=PrepareBar())
+    prepare_stores(plan, progress=PrepareBar())  # a plan.json's stores, when the cache lacks them
 
     warnings.showwarning = _show_warning  # RunWarnings as one line each, not Python's file:line form
     logging.getLogger("absl").addFilter(_OneLine())

@@ -41,6 +41,7 @@ class FileTokenizer:
                 self._sp = sentencepiece.SentencePieceProcessor(model_file=str(p))
                 self.vocab_size = int(self._sp.get_piece_size())
                 self._encode = lambda s: self._sp.encode(s)
+                self._encode_batch = lambda texts: self._sp.encode(texts)
                 self._decode = lambda ids: self._sp.decode(ids)
             else:
                 import tokenizers
@@ -48,6 +49,7 @@ class FileTokenizer:
                 self._tk = tokenizers.Tokenizer.from_file(str(p))
                 self.vocab_size = int(self._tk.get_vocab_size())
                 self._encode = lambda s: self._tk.encode(s).ids
+                self._encode_batch = lambda texts: [e.ids for e in self._tk.encode_batch(texts)]
                 self._decode = lambda ids: self._tk.decode(ids)
         except ImportError as err:
             raise DataError(f"reading {p.name} needs the package {err.name!r}, which is not installed",
@@ -57,6 +59,10 @@ class FileTokenizer:
         if isinstance(text, bytes):
             text = text.decode("utf-8", errors="replace")
         return np.asarray(self._encode(text), dtype=np.int32)
+
+    def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        """Many texts at once (the tokenizer's own batch call: one crossing into Rust/C++, not one per text)."""
+        return [np.asarray(ids, dtype=np.int32) for ids in self._encode_batch(texts)]
 
     def decode(self, tokens) -> str:
         return self._decode([int(t) for t in tokens])

@@ -29,9 +29,13 @@ def check_resume(plan: Plan, meta: dict[str, Any]) -> list[str]:
     new = plan.to_json()
     if meta.get("fingerprint") != plan.fingerprint:
         unsafe = [d for d in json_diff({k: v for k, v in old.items() if k not in RESUME_SAFE},
-                                       {k: v for k, v in new.items() if k not in RESUME_SAFE})]
-        unsafe.sort(key=lambda d: d[0].startswith(_DERIVED))
+                                       {k: v for k, v in new.items() if k not in RESUME_SAFE}) if d[0] != "data.cache"]
+        unsafe.sort(key=lambda d: (d[0] != "data.store", d[0].startswith(_DERIVED)))
         shown = "; ".join(f"{p}: {_short(a)} → {_short(b)}" for p, a, b in unsafe[:8])
+        if unsafe and unsafe[0][0] == "data.store" and unsafe[0][1]:  # the data changed: say which files
+            from capidsl.data.store.prepare import store_change
+
+            shown = f"{store_change(plan.data, unsafe[0][1]) or 'the token store changed'} ({shown})"
         more = f" (and {len(unsafe) - 8} more)" if len(unsafe) > 8 else ""
         raise RunError(
             f"the checkpoint at step {meta.get('step')} was made by a different plan: "

@@ -92,6 +92,30 @@ def buckets_text(plan: Plan) -> str:
             f"{bs[-1].length} would be {naive:.1%})")
 
 
+def supervised_text(plan: Plan) -> str:
+    """Supervised examples: how many of the training split's targets count in the loss."""
+    d = plan.data
+    targets = sum(b.real_tokens for b in d.buckets) if d.buckets else d.train_examples * d.seq_len
+    return (f"supervised examples ({d.prompt_field} → {d.completion_field}): loss on {d.loss_tokens:,} of "
+            f"~{targets:,} training target tokens ({d.loss_tokens / max(1, targets):.1%}: completions and their "
+            f"separators; prompts are context only); token durations count all {plan.batch.tokens_per_step:,} "
+            f"positions of a step")
+
+
+def data_text(plan: Plan) -> str:
+    """Where the examples come from: the source, its token store and what the split holds."""
+    d = plan.data
+    where = "the Python standard library" if d.source == "stdlib" else f"{d.source} {d.path or ''}".strip()
+    text = f"data {where}" + (f", tokenizer {d.tokenizer}" if d.kind == "lm" and d.source != "synthetic" else "")
+    if d.store:
+        text += f"   token store {d.store}"
+    unit = "windows" if d.kind == "lm" and not d.buckets else "examples"
+    text += f"   {d.train_examples:,} training / {d.val_examples:,} validation {unit}"
+    if d.skipped_documents:
+        text += f"   {d.skipped_documents:,} bad documents left out (bad_documents: skip)"
+    return text
+
+
 def render(plan: Plan) -> Group:
     t = plan.topology
     c = plan.cadence
@@ -136,13 +160,19 @@ def render(plan: Plan) -> Group:
     f = plan.flops
     cost = Text(f"FLOPs {f.flops_per_token:.3g}/token, {f.flops_per_step:.3g}/step; ~{f.step_time_s:.3g} s/step at "
                 f"{f.assumed_mfu:.0%} MFU ({f.formula})")
-    items = [head, topo, batching, cad, table, bar, parts, cost]
+    items = [head, topo, batching, cad, Text(data_text(plan)), table, bar, parts, cost]
     if plan.pruning is not None:
         items.insert(4, Text(pruning_text(plan)))
     if plan.hidden_state is not None:
         items.insert(4, Text(hidden_state_text(plan)))
     if plan.data.buckets:
         items.insert(4, Text(buckets_text(plan)))
+    if plan.data.mixture:
+        from capidsl.plan.mixture import mixture_text
+
+        items.insert(4, Text(mixture_text(plan)))
+    if plan.data.format == "supervised":
+        items.insert(4, Text(supervised_text(plan)))
     if plan.comms is not None:
         items.append(Text(comms_text(plan)))
     if m.compiled:

@@ -64,6 +64,34 @@ def ensure_store(spec: StoreSpec, cache: str | None = None, *, workers: int | No
     return Store(final)
 
 
+def plan_stores(data, progress=None) -> list[Store]:
+    """The stores a DataPlan names (one, or one per mixture source), prepared when missing; each
+    must have the plan's id (else the files changed since the plan was compiled: refused)."""
+    from capidsl.data.store.spec import DOCUMENT_SOURCES, spec_of
+
+    if getattr(data, "kind", "lm") != "lm":
+        return []
+    if data.mixture:
+        return [ensure_store(spec_of(data, source=m.source, path=m.path, field=m.field, hf_split=m.hf_split),
+                             data.cache or None, progress=progress, expect=m.store) for m in data.mixture]
+    if data.source not in DOCUMENT_SOURCES:
+        return []
+    return [ensure_store(spec_of(data), data.cache or None, progress=progress, expect=data.store or None)]
+
+
+def store_change(data, old_id: str) -> str:
+    """In words, what differs between the sources' files now and those store `old_id` was made from."""
+    from capidsl.data.store.spec import DOCUMENT_SOURCES, spec_of
+
+    if data.source not in DOCUMENT_SOURCES:
+        return ""
+    try:
+        root, _sid, files, _ = locate(spec_of(data), data.cache or None)
+    except DataError:
+        return ""
+    return changed_since(root, old_id, files)
+
+
 def changed_since(root: Path, old_id: str, files: list[SourceFile]) -> str:
     """Which files differ from those store `old_id` was made from (when its record is still there)."""
     for candidate in (root / old_id / MANIFEST, root / f"{old_id}.partial" / "identity.json"):

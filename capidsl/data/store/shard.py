@@ -9,6 +9,7 @@ completion and the separator are loss targets (the model learns to stop).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from functools import lru_cache
@@ -76,8 +77,10 @@ def tokenise_unit(unit: Unit, spec: StoreSpec, out_dir: str, dtype: str) -> dict
     except BadDocument as bad:
         return {"error": {"where": bad.where, "problem": bad.problem, "skippable": bad.skippable}}
     except OSError as err:
-        return {"error": {"where": err.filename or out_dir, "problem": os.strerror(err.errno) if err.errno else str(err),
-                          "errno": err.errno, "skippable": False}}
+        # numpy reports a short write (a disk that filled up mid-file) as an OSError without errno
+        code = err.errno if err.errno else (errno.ENOSPC if "written" in str(err) else None)
+        return {"error": {"where": err.filename or out_dir, "problem": os.strerror(code) if code else str(err),
+                          "errno": code, "skippable": False}}
 
 
 def _tokenise(unit: Unit, spec: StoreSpec, out: Path, dtype: np.dtype) -> dict:
