@@ -11,7 +11,9 @@ def train_loader(data, *, global_batch, process_index=0, process_count=1):
     """This process's rows of each global training batch, endlessly, as numpy dicts; see pipeline.py
     (packed windows), streams.py (the plan's `streams`: each row one contiguous stream) and buckets.py
     (the plan's `buckets`: one document per row, a few fixed batch shapes)."""
-    if getattr(data, "buckets", ()):
+    if getattr(data, "mixture", ()):  # several sources by weight (mixture.py)
+        from capidsl.data.mixture import train_loader as _train_loader
+    elif getattr(data, "buckets", ()):
         from capidsl.data.buckets import train_loader as _train_loader
     elif getattr(data, "streams", 0):
         from capidsl.data.streams import train_loader as _train_loader
@@ -23,7 +25,9 @@ def train_loader(data, *, global_batch, process_index=0, process_count=1):
 
 def eval_batches(data, *, global_batch, process_index=0, process_count=1, max_batches=None):
     """Deterministic validation batches (this process's rows); see pipeline.py and streams.py."""
-    if getattr(data, "buckets", ()):
+    if getattr(data, "mixture", ()):
+        from capidsl.data.mixture import eval_batches as _eval_batches
+    elif getattr(data, "buckets", ()):
         from capidsl.data.buckets import eval_batches as _eval_batches
     elif getattr(data, "streams", 0):
         from capidsl.data.streams import eval_batches as _eval_batches

@@ -41,6 +41,10 @@ def describe(data) -> DatasetInfo:
     if data.kind == "classification":
         (xt, _), (xv, _) = classification_arrays(source_key(data))
         return DatasetInfo(len(xt), len(xv), len(xt), len(xv), 0)
+    if getattr(data, "mixture", ()):  # the sum of its sources (mixture.py)
+        from capidsl.data.mixture import describe_mixture
+
+        return describe_mixture(data)
     key = store_key(data)
     if key:
         store = store_of(key)

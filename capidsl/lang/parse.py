@@ -6,6 +6,7 @@ become LangError with the column, what was expected in words, and a did-you-mean
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 from typing import Iterable, Mapping
@@ -26,9 +27,9 @@ from capidsl.lang.stop import (
 )
 from capidsl.resources import resource_path
 
-START_RULES = ("duration", "cadence", "schedule", "stop_rule", "pruning")
+START_RULES = ("duration", "cadence", "schedule", "stop_rule", "pruning", "span")
 _KIND_WORDS = {"duration": "a duration", "cadence": "a cadence", "schedule": "a schedule", "stop_rule": "a stop rule",
-               "pruning": "a pruning schedule"}
+               "pruning": "a pruning schedule", "span": "a point of the run"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -68,6 +69,12 @@ def parse_stop_rule(text: str, metrics: Iterable[str] | None = None,
 def parse_pruning(text: str) -> PruningSchedule:
     """`from 0% to 80% between 1k and 5k steps, every 100 steps` -> PruningSchedule (checked)."""
     return _parse(text, "pruning")
+
+
+def parse_point(text: str) -> Duration:
+    """A point of the run: `90%` (a `percent` Duration: a share of the run), `5000 steps`, `2 epochs`,
+    `2B tokens` -> Duration, resolved with `to_steps(..., total_steps=)` (data.mixture_stages' `at`)."""
+    return dataclasses.replace(_parse(text, "span"), source=text)
 
 
 def parse(text: str, kind: str, **options):
@@ -410,6 +417,7 @@ def _expected_for(kind: str) -> str:
         "schedule": "a schedule such as `linear(0 -> 3e-4, 500 steps) then cosine(3e-4 -> 3e-5, rest)`",
         "stop_rule": "a stop rule such as `val_loss stalls for 5 evals`",
         "pruning": "a pruning schedule such as `from 0% to 80% between 1k and 5k steps, every 100 steps`",
+        "span": "a point of the run such as `90%`, `5000 steps` or `2B tokens`",
     }[kind]
 
 

@@ -19,6 +19,7 @@ from capidsl.plan.data import DataLayout, plan_data
 from capidsl.plan.errors import PlanError
 from capidsl.plan.memory import Workload
 from capidsl.plan.mesh import layout
+from capidsl.plan.mixture import resolve_stages
 from capidsl.plan.plan import (
     PLAN_VERSION, ExportPlan, Lint, LoggingPlan, MeshPlan, ModelPlan, OptimizerPlan, Plan, Topology, freeze_options,
 )
@@ -50,6 +51,7 @@ def _compile(recipe, topology: Topology, where, progress=None) -> Plan:
     data = plan_data(recipe.data, recipe.training.seed, model, batching, where, progress)
     batch = data.batch
     total = total_steps(recipe.training, data.steps_per_epoch, batch.tokens_per_step, where)
+    data = resolve_stages(data, recipe.data, total, batch.tokens_per_step, where)  # a mixture's stages, in steps
     cadences = plan_cadences(recipe, total, data.steps_per_epoch, batch.tokens_per_step, data.val_batches,
                              model.sharding, where)
     found = _lints(cadences, data, where)

@@ -50,6 +50,10 @@ def plan_data(config, seed: int, model: ModelShapes, batching: Batching, where, 
                     hf_split=config.hf_split, format=config.format, prompt_field=config.prompt_field,
                     completion_field=config.completion_field, bad_documents=config.bad_documents,
                     cache=config.cache or "")
+    if config.mixture:  # several sources by weight (capidsl/plan/mixture.py)
+        from capidsl.plan.mixture import plan_mixture
+
+        return plan_mixture(config, data, batching, where, progress)
     if config.format == "supervised" and config.source not in SUPERVISED_SOURCES:
         raise PlanError(f"supervised examples are records with {config.prompt_field!r} and {config.completion_field!r} "
                         f"fields; source {config.source!r} has none", subject="data.format",
