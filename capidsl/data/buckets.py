@@ -20,24 +20,31 @@ from functools import lru_cache
 import numpy as np
 
 from capidsl.data.errors import DataError
-from capidsl.data.sources import lm_documents, source_key
+from capidsl.data.sources import lm_document_masks, lm_documents, source_key
+
+
+def _pieces(docs, seq_len: int) -> tuple[np.ndarray, ...]:
+    out = []
+    for doc in docs:
+        for start in range(0, max(1, len(doc) - 1), seq_len):
+            piece = doc[start:start + seq_len + 1]
+            if len(piece) >= 2:
+                out.append(piece)
+    return tuple(out)
 
 
 @lru_cache(maxsize=4)
 def examples(key: tuple, seq_len: int) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
     """(train, validation) pieces of ≤ seq_len + 1 tokens (at least 2), in document order."""
-
-    def pieces(docs):
-        out = []
-        for doc in docs:
-            for start in range(0, max(1, len(doc) - 1), seq_len):
-                piece = doc[start:start + seq_len + 1]
-                if len(piece) >= 2:
-                    out.append(piece)
-        return tuple(out)
-
     train, val = lm_documents(key)
-    return pieces(train), pieces(val)
+    return _pieces(train, seq_len), _pieces(val, seq_len)
+
+
+@lru_cache(maxsize=4)
+def example_masks(key: tuple, seq_len: int):
+    """The loss mask of each piece of `examples`, cut the same way (supervised stores), or None."""
+    masks = lm_document_masks(key)
+    return None if masks is None else (_pieces(masks[0], seq_len), _pieces(masks[1], seq_len))
 
 
 def bucket_of(lengths: np.ndarray, buckets: tuple[int, ...]) -> np.ndarray:
@@ -64,6 +71,8 @@ class _Buckets:
         self.lengths = tuple(b.length for b in data.buckets)
         self.rows = tuple(b.rows for b in data.buckets)
         self.pieces = examples(source_key(data), data.seq_len)[split]
+        masks = example_masks(source_key(data), data.seq_len)
+        self.masks = None if masks is None else masks[split]  # supervised: 1 on completions, 0 on prompts
         which = bucket_of(np.array([len(p) - 1 for p in self.pieces], dtype=np.int64), self.lengths)
         self.members = tuple(np.flatnonzero(which == i) for i in range(len(self.lengths)))
 
@@ -76,7 +85,8 @@ class _Buckets:
         for r, i in enumerate(ids):
             piece = self.pieces[i]
             n = len(piece) - 1
-            inputs[r, :n], targets[r, :n], mask[r, :n] = piece[:-1], piece[1:], 1.0
+            inputs[r, :n], targets[r, :n] = piece[:-1], piece[1:]
+            mask[r, :n] = 1.0 if self.masks is None else self.masks[i][1:]  # supervised: the targets' own mask
         return {"inputs": inputs, "targets": targets, "mask": mask}
 
 

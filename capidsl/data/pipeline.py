@@ -17,7 +17,7 @@ import numpy as np
 
 from capidsl.data.errors import DataError
 from capidsl.data.iterate import iterate
-from capidsl.data.sources import classification_arrays, lm_streams, source_key
+from capidsl.data.sources import classification_arrays, lm_masks, lm_streams, source_key
 
 
 class _Windows:
@@ -30,6 +30,8 @@ class _Windows:
             self.n = len(self.y)
         else:
             self.stream = lm_streams(source_key(data))[split]
+            masks = lm_masks(source_key(data))  # supervised: 1 on completions, 0 on prompts
+            self.loss_mask = None if masks is None else masks[split]
             self.window = data.seq_len + 1
             self.n = len(self.stream) // self.window
 
@@ -38,7 +40,11 @@ class _Windows:
             return {"x": self.x[idx], "y": self.y[idx], "mask": np.ones(len(idx), np.float32)}
         starts = idx[:, None] * self.window + np.arange(self.window)[None, :]
         tokens = np.asarray(self.stream[starts], dtype=np.int32)
-        return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": np.ones(tokens[:, 1:].shape, np.float32)}
+        if self.loss_mask is None:
+            mask = np.ones(tokens[:, 1:].shape, np.float32)
+        else:  # each target's own mask (a window may start mid-example: its prompt targets stay 0)
+            mask = np.asarray(self.loss_mask[starts[:, 1:]], np.float32)
+        return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": mask}
 
 
 @lru_cache(maxsize=2)

@@ -68,6 +68,16 @@ def lm_streams(key: tuple) -> tuple[np.ndarray, np.ndarray]:
 
 
 @lru_cache(maxsize=4)
+def lm_masks(key: tuple):
+    """(train, validation) loss masks aligned token for token with `lm_streams` (uint8, 1 where a token
+    counts as a target: a supervised store's completions and separators), or None when every token counts."""
+    if not key[-1] or not store_of(key[-1]).supervised:
+        return None
+    store = store_of(key[-1])
+    return store.split("train", "mask"), store.split("val", "mask")
+
+
+@lru_cache(maxsize=4)
 def lm_documents(key: tuple) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
     """(train, validation) documents of a file-based lm source, each its tokens and the separator,
     split as `lm_streams` splits them (the same documents, kept apart instead of concatenated)."""
@@ -80,6 +90,20 @@ def lm_documents(key: tuple) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, 
     for split in ("train", "val"):
         tokens = np.asarray(store.split(split)[:], np.int32)  # bucketed rows hold documents in memory, as before
         out.append(tuple(tokens[a:b] for a, b in store.document_spans(split)))
+    return out[0], out[1]
+
+
+@lru_cache(maxsize=4)
+def lm_document_masks(key: tuple):
+    """The loss masks of `lm_documents`' documents, one uint8 array each (supervised stores), or None."""
+    masks = lm_masks(key)
+    if masks is None:
+        return None
+    store = store_of(key[-1])
+    out = []
+    for split, mask in zip(("train", "val"), masks):
+        whole = np.asarray(mask[:], np.uint8)
+        out.append(tuple(whole[a:b] for a, b in store.document_spans(split)))
     return out[0], out[1]
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from capidsl.data.describe import stream_windows
 from capidsl.data.errors import DataError
 from capidsl.data.iterate import iterate
-from capidsl.data.sources import lm_streams, source_key
+from capidsl.data.sources import lm_masks, lm_streams, source_key
 
 
 @lru_cache(maxsize=4)
@@ -48,6 +48,8 @@ class _StreamTable:
         if global_batch % process_count:
             raise DataError(f"global batch {global_batch} does not split over {process_count} processes", subject="batch")
         self.tokens = lm_streams(source_key(data))[split]
+        masks = lm_masks(source_key(data))  # supervised: 1 on completions, 0 on prompts
+        self.loss_mask = None if masks is None else masks[split]
         self.n, self.seq_len, self.streams = len(self.tokens), data.seq_len, global_batch
         self.length = self.n // global_batch
         self.windows = stream_windows(self.n, global_batch, data.seq_len)
@@ -64,9 +66,12 @@ class _StreamTable:
         epoch, i = divmod(int(b), self.windows)
         order, offset = _epoch_layout(self.seed, epoch, self.streams, self.n, self.shuffle)
         starts = offset + order[self.rows] * self.length + i * self.seq_len
-        tokens = np.asarray(self.tokens[(starts[:, None] + np.arange(self.seq_len + 1)[None, :]) % self.n], np.int32)
+        at = (starts[:, None] + np.arange(self.seq_len + 1)[None, :]) % self.n
+        tokens = np.asarray(self.tokens[at], np.int32)
         rows = tokens.shape[0]
-        return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": np.ones((rows, self.seq_len), np.float32),
+        mask = (np.ones((rows, self.seq_len), np.float32) if self.loss_mask is None
+                else np.asarray(self.loss_mask[at[:, 1:]], np.float32))  # each target's own mask
+        return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": mask,
                 "reset": np.full((rows,), 1.0 if i == 0 else 0.0, np.float32)}
 
 

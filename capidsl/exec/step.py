@@ -110,11 +110,22 @@ def model_loss(plan: Plan, fam, model, mb: Batch, *, deterministic: bool, rngs):
     return fam.loss_with_state(model, rows, mb["hidden"], deterministic=deterministic, rngs=rngs)
 
 
+def _unpadded(batch: Batch) -> jax.Array:
+    """Positions of a bucketed batch that hold a piece, when the mask is 0 on prompts as well as on padding:
+    a row's piece fills its first positions, so its count runs to its last position where the input, the
+    target or the mask is not 0 (padding is 0 in all three; only a piece ending in two prompt tokens of
+    id 0 would count short)."""
+    held = (batch["inputs"] != 0) | (batch["targets"] != 0) | (batch["mask"] > 0)
+    last = jnp.max(jnp.where(held, jnp.arange(1, held.shape[1] + 1), 0), axis=1)
+    return jnp.sum(last).astype(jnp.float32)
+
+
 def make_train_step(plan: Plan, mesh: Mesh, graphdef: nnx.GraphDef):
     """step(state, batch) -> (state, metrics): one jitted pure function with donated state.
 
     Metrics are device scalars: loss (mean over real tokens), grad_norm, lr, weight_sum, loss_scale
-    where the plan scales the loss, and sparsity (zeros among the pruned weights) where it prunes.
+    where the plan scales the loss, sparsity (zeros among the pruned weights) where it prunes, and
+    loss_tokens (the targets the mask keeps: completions) for supervised examples.
     A step whose loss or gradient is not finite leaves parameters, optimizer state and the carried
     state untouched (fp16 overflow then halves the loss scale). A carried state enters the step
     without a gradient path: backpropagation is truncated at the batch border.
@@ -171,8 +182,11 @@ def make_train_step(plan: Plan, mesh: Mesh, graphdef: nnx.GraphDef):
             metrics["loss_scale"] = state.loss_scale.scale
         if plan.pruning is not None:
             metrics["sparsity"] = achieved_sparsity(plan, new_state.params)
+        supervised = plan.data.format == "supervised"
+        if supervised:  # the mask is 1 on completion targets only: how many targets counted in the loss
+            metrics["loss_tokens"] = wsum
         if plan.data.buckets:  # rows padded to their bucket: how many positions were padding
-            real = jnp.sum(batch["mask"] > 0).astype(jnp.float32)
+            real = _unpadded(batch) if supervised else jnp.sum(batch["mask"] > 0).astype(jnp.float32)
             metrics["real_tokens"], metrics["padded_tokens"] = real, batch["mask"].size - real
         return new_state, metrics
 

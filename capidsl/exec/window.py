@@ -28,8 +28,9 @@ def decode_record(d: dict[str, Any]) -> Record:
                   metrics={k: float(v) for k, v in d["metrics"].items()})
 
 
-# Step metrics summed over a log window (tokens of variable-size batches: the padding fraction).
-WINDOW_SUMS = ("real_tokens", "padded_tokens")
+# Step metrics summed over a log window (tokens of variable-size batches: the padding fraction;
+# supervised examples: the targets counted in the loss).
+WINDOW_SUMS = ("real_tokens", "padded_tokens", "loss_tokens")
 
 
 class Window:
@@ -78,4 +79,6 @@ def train_row(plan: Plan, step: int, window: Window, metrics: dict[str, jax.Arra
     if "padded_tokens" in window.sums:  # variable-size batches: padding over the window's positions
         padded, real = float(window.sums["padded_tokens"]), float(window.sums["real_tokens"])
         row["padding_fraction"] = padded / max(padded + real, 1.0)
+    if "loss_tokens" in window.sums:  # supervised examples: completion targets per step (the loss's divisor)
+        row["loss_tokens"] = float(window.sums["loss_tokens"]) / window.count
     return row
