@@ -107,7 +107,7 @@ def test_unknown_key_without_a_near_one_lists_the_allowed():
 
 def test_enum_lists_the_allowed_values():
     assert errors(MODEL + "data: {source: wikipedia}\n") == [
-        "r.yaml:2:16: data.source: 'wikipedia' is not one of: 'stdlib', 'text', 'jsonl', 'csv', 'parquet', 'npy', 'synthetic'"]
+        "r.yaml:2:16: data.source: 'wikipedia' is not one of: 'stdlib', 'text', 'jsonl', 'csv', 'parquet', 'hf', 'npy', 'synthetic'"]
 
 
 def test_types_are_named():
