@@ -178,3 +178,31 @@ except DataError as err:
     assert out.returncode == 3, out.stderr[-2000:]
     assert "no space left" in out.stdout and "continues from it" in out.stdout
     assert not any((p / "manifest.json").exists() for p in tmp_path.iterdir() if p.is_dir())
+
+
+def test_an_hf_dataset_on_disk_is_a_store_like_its_jsonl(corpus, tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets", reason="the hf extra is part of the test extras")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    texts = [json.loads(line)["text"] for line in (corpus / "c.jsonl").read_text().splitlines()[:500]]
+    datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(tmp_path / "ds"))
+    store = ensure_store(StoreSpec("hf", str(tmp_path / "ds"), "text", "byte", 0.0), str(tmp_path / "cache"))
+    expect = b"".join(t.encode() + b"\x00" for t in texts)
+    assert bytes(store.split("train")[:]) == expect and store.counts("train")["documents"] == 500
+
+
+def test_a_tokenizer_larger_than_the_model_is_refused_at_model_vocab_size(corpus, tmp_path):
+    from capidsl.plan.compile import compile_plan
+    from capidsl.plan.errors import PlanError
+    from capidsl.plan.topology import simulated
+    from capidsl.recipe import Recipe
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""name: small
+model: {{family: gpt, vocab_size: 256, seq_len: 16, d_model: 16, n_layers: 1, n_heads: 2}}
+data: {{source: jsonl, path: {corpus / 'c.jsonl'}, tokenizer: {corpus / 'bpe.json'}}}
+training: {{batch_size: 4, duration: "2 steps"}}
+""")
+    with pytest.raises(PlanError) as err:
+        compile_plan(Recipe.from_yaml(str(recipe)), simulated("cpu", 1))
+    text = err.value.render()
+    assert "r.yaml:2:" in text and "model.vocab_size" in text and "the tokenizer has" in text
