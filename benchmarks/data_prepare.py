@@ -20,6 +20,8 @@ the processes are the parallelism, one per core, as capidsl's workers set themse
 The last line is the headline: capidsl tokens/s ÷ datasets tokens/s (goal ≥ 1).
 
 The corpus generator and the BPE trainer here are shared by data_scale.py and data_wait.py.
+--quick is a smoke test only: capidsl prepares a corpus of at most two units (32 MiB) in its own
+process, on one core, while datasets still uses every core.
 Run: .venv/bin/python benchmarks/data_prepare.py [--size-mb 200] [--rounds 3] [--quick]
 """
 
@@ -239,7 +241,9 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--vocab", type=int, default=4096)
-    ap.add_argument("--quick", action="store_true", help="20 MB, 1 file, 1 round, a 1,024-token BPE")
+    ap.add_argument("--quick", action="store_true",
+                    help="20 MB, 2 files, 1 round, a 1,024-token BPE: a smoke test, not a comparison (capidsl "
+                         "tokenises a corpus under two 16 MiB units in its own process, on one core)")
     ap.add_argument("--tmp", default=None, help="where the corpus and caches go (default: the system's temp dir)")
     args = ap.parse_args()
     if args.quick:
