@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,27 +34,19 @@ from data_prepare import (
     train_bpe,
     write_corpus,
 )
+from input_pipeline import pipeline_batches_per_s
 
 QUIET = ["eval.every=null", "checkpoint.every=null", "stop.when=null", "stop.restore_best=false",
          "logging.progress=none", "logging.tensorboard=false", "logging.every=every 10 steps"]
 
 
 def loader_batches_per_s(sets: list[str], batches: int, repeats: int = 3) -> tuple[float, object]:
-    from capidsl.data import train_loader
     from capidsl.plan.compile import compile_plan
     from capidsl.recipe import Recipe
 
     overrides = [s for s in sets if s != "--set"] + QUIET
     plan = compile_plan(Recipe.from_yaml(RECIPE, overrides=overrides))
-    rates = []
-    for _ in range(repeats):
-        it = train_loader(plan.data, global_batch=plan.batch.global_batch)
-        next(it)  # start-up (threads, first read) is not throughput
-        start = time.perf_counter()
-        for _ in range(batches):
-            next(it)
-        rates.append(batches / (time.perf_counter() - start))
-    return statistics.median(rates), plan
+    return pipeline_batches_per_s(plan, batches, repeats), plan
 
 
 def main() -> None:

@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     from capidsl.runner import describe, load_plan, prepare_stores, run as run_plan
 
     plan = load_plan(args.target, args.overrides, progress=PrepareBar())
-    prepare_stores(plan, progress=PrepareBar())  # a plan.json's stores, when the cache lacks them
+    if args.target.endswith(".json"):  # a recipe's stores were prepared while compiling it
+        prepare_stores(plan, progress=PrepareBar())
 
     warnings.showwarning = _show_warning  # RunWarnings as one line each, not Python's file:line form
     logging.getLogger("absl").addFilter(_OneLine())
