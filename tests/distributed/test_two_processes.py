@@ -20,7 +20,7 @@ import pytest
 
 import local_cluster as lc
 
-STEPS = 24
+STEPS = 72  # many checkpoint intervals past the signals: a loaded machine delivers them late, never past the end
 RECIPE = f"""
 name: two-processes
 model: {{family: gpt, vocab_size: 256, seq_len: 16, d_model: 32, n_layers: 1, n_heads: 4, d_ff: 64}}
