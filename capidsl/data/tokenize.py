@@ -49,7 +49,9 @@ class FileTokenizer:
                 self._tk = tokenizers.Tokenizer.from_file(str(p))
                 self.vocab_size = int(self._tk.get_vocab_size())
                 self._encode = lambda s: self._tk.encode(s).ids
-                self._encode_batch = lambda texts: [e.ids for e in self._tk.encode_batch(texts)]
+                # encode_batch_fast: the same ids without character offsets, which nothing here reads
+                batch = getattr(self._tk, "encode_batch_fast", self._tk.encode_batch)
+                self._encode_batch = lambda texts: [e.ids for e in batch(texts)]
                 self._decode = lambda ids: self._tk.decode(ids)
         except ImportError as err:
             raise DataError(f"reading {p.name} needs the package {err.name!r}, which is not installed",
