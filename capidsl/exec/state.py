@@ -132,8 +132,20 @@ def abstract_state(plan: Plan, mesh: Mesh) -> tuple[nnx.GraphDef, TrainState]:
 
 
 def init_state(plan: Plan, mesh: Mesh) -> tuple[nnx.GraphDef, TrainState]:
-    """(graphdef, a fresh state) with every array created already sharded as the plan says."""
+    """(graphdef, a fresh state) with every array created already sharded as the plan says; the
+    parameters are the pretrained ones when the plan starts from a checkpoint (capidsl/exec/weights.py)."""
     graphdef, abstract, create = _abstract(plan)
+    shardings = shardings_for(plan, mesh, abstract)
     with jax.set_mesh(mesh):
-        state = jax.jit(create, out_shardings=shardings_for(plan, mesh, abstract))()
-    return graphdef, state
+        if plan.model.init is None:
+            return graphdef, jax.jit(create, out_shardings=shardings)()
+        from capidsl.exec.weights import pretrained_params
+
+        params = pretrained_params(plan, abstract.params, shardings.params)
+        tx = make_optimizer(plan)
+
+        def start(params) -> TrainState:
+            return TrainState(params=params, opt_state=tx.init(params), step=jnp.zeros((), jnp.int32),
+                              loss_scale=initial_loss_scale(plan.precision), hidden=initial_hidden(plan))
+
+        return graphdef, jax.jit(start, out_shardings=shardings, donate_argnums=0)(params)

@@ -11,6 +11,10 @@ Options (recipe `model:` keys) and their defaults:
     bias             true: biases in every Dense and in LayerNorm (never in RMSNorm or the output head)
     dropout          0.0: embedding, attention-probability and residual dropout
     rope_theta       10000.0                              (rope only)
+    rope_scaling     none | llama3: Llama 3.1's frequency scaling, with rope_scaling_factor (8),
+                     rope_low_freq_factor (1), rope_high_freq_factor (4), rope_original_max_len (8192)
+    max_positions    seq_len: the longest sequence the model takes (rows of the learned position
+                     table); a pretrained model's context, which training may use less of
     norm_eps         1e-5
 GPT-2 small = {vocab_size: 50257, seq_len: 1024, d_model: 768, n_layers: 12, n_heads: 12} (124,439,808
 parameters); Llama-2-7B = {vocab_size: 32000, seq_len: 4096, d_model: 4096, n_layers: 32, n_heads: 32,
@@ -45,11 +49,20 @@ DEFAULTS: dict[str, Any] = {
     "dropout": 0.0,
     "rope_theta": 10000.0,
     "norm_eps": 1e-5,
+    "max_positions": None,
+    "rope_scaling": "none",
+    "rope_scaling_factor": 8.0,
+    "rope_low_freq_factor": 1.0,
+    "rope_high_freq_factor": 4.0,
+    "rope_original_max_len": 8192,
 }
+ROPE_SCALING_KEYS = ("rope_scaling_factor", "rope_low_freq_factor", "rope_high_freq_factor", "rope_original_max_len")
 REQUIRED = ("vocab_size", "seq_len", "d_model", "n_layers", "n_heads")
-CHOICES = {"position": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu")}
-INTS = ("vocab_size", "seq_len", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff")
-FLOATS = ("dropout", "rope_theta", "norm_eps")
+CHOICES = {"position": ("learned", "rope"), "norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "swiglu"),
+           "rope_scaling": ("none", "llama3")}
+INTS = ("vocab_size", "seq_len", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "max_positions",
+        "rope_original_max_len")
+FLOATS = ("dropout", "rope_theta", "norm_eps", "rope_scaling_factor", "rope_low_freq_factor", "rope_high_freq_factor")
 BOOLS = ("tied_embeddings", "bias")
 SWIGLU_MULTIPLE_OF = 256  # Llama's `multiple_of`
 
@@ -96,6 +109,14 @@ class GPTFamily(ModelFamily):
             _fail(f"n_heads {cfg['n_heads']} is not a multiple of n_kv_heads {cfg['n_kv_heads']}", "n_kv_heads")
         if cfg["position"] == "rope" and (cfg["d_model"] // cfg["n_heads"]) % 2:
             _fail(f"rotary positions need an even head dimension, not {cfg['d_model'] // cfg['n_heads']}", "position")
+        if cfg["max_positions"] is None:
+            cfg["max_positions"] = cfg["seq_len"]
+        if cfg["seq_len"] > cfg["max_positions"]:
+            _fail(f"seq_len {cfg['seq_len']} is longer than the model's max_positions {cfg['max_positions']}", "seq_len")
+        if cfg["rope_scaling"] != "none" and cfg["position"] != "rope":
+            _fail(f"rope_scaling {cfg['rope_scaling']} needs position: rope", "rope_scaling")
+        if cfg["rope_scaling"] != "none" and cfg["rope_high_freq_factor"] <= cfg["rope_low_freq_factor"]:
+            _fail("rope_high_freq_factor must be larger than rope_low_freq_factor", "rope_high_freq_factor")
         if cfg["d_ff"] is None:
             cfg["d_ff"] = 4 * cfg["d_model"] if cfg["mlp"] == "gelu" else llama_d_ff(cfg["d_model"])
         return cfg
@@ -135,7 +156,7 @@ class GPTFamily(ModelFamily):
             per_layer += c["d_ff"] * (2 if c["mlp"] == "swiglu" else 1) + d  # gate/up, down
         total = v * d + c["n_layers"] * per_layer + norm
         if c["position"] == "learned":
-            total += c["seq_len"] * d
+            total += c["max_positions"] * d
         if not c["tied_embeddings"]:
             total += d * v
         return total

@@ -49,15 +49,38 @@ class GPTConfig:
     dropout: float
     rope_theta: float
     norm_eps: float
+    max_positions: int
+    rope_scaling: str  # none | llama3
+    rope_scaling_factor: float
+    rope_low_freq_factor: float
+    rope_high_freq_factor: float
+    rope_original_max_len: int
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
 
-def rope_tables(seq: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+def rope_frequencies(c: GPTConfig) -> jax.Array:
+    """The rotary frequencies [head_dim / 2]: θ^(-2i/d), with Llama 3.1's scaling when asked (the
+    frequencies whose wavelength exceeds original_max_len / low_freq_factor divided by the factor,
+    those below original_max_len / high_freq_factor kept, a smooth blend in between)."""
+    hd = c.head_dim
+    inv_freq = 1.0 / (c.rope_theta ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
+    if c.rope_scaling == "none":
+        return inv_freq
+    factor, low, high, old = (c.rope_scaling_factor, c.rope_low_freq_factor, c.rope_high_freq_factor,
+                              c.rope_original_max_len)
+    wavelen = 2 * math.pi / inv_freq
+    scaled = jnp.where(wavelen > old / low, inv_freq / factor, inv_freq)
+    smooth = (old / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old / high) & (wavelen <= old / low)
+    return jnp.where(medium, blended, scaled)
+
+
+def rope_tables(seq: int, inv_freq: jax.Array) -> tuple[jax.Array, jax.Array]:
     """cos and sin [seq, 1, head_dim] for rotary embeddings (Su et al. 2021), "rotate half" layout."""
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
     freqs = jnp.arange(seq, dtype=jnp.float32)[:, None] * inv_freq[None, :]
     angles = jnp.concatenate([freqs, freqs], axis=-1)[:, None, :]
     return jnp.cos(angles), jnp.sin(angles)
@@ -162,7 +185,7 @@ class GPT(nnx.Module):
         kw = dict(param_dtype=param_dtype, compute_dtype=compute_dtype)
         self.config, self.remat, self.compute_dtype = c, remat, compute_dtype
         self.wte = Embed(c.vocab_size, c.d_model, ("vocab", "embed"), rngs=rngs, **kw)
-        self.wpe = Embed(c.seq_len, c.d_model, (None, "embed"), rngs=rngs, **kw) if c.position == "learned" else None
+        self.wpe = Embed(c.max_positions, c.d_model, (None, "embed"), rngs=rngs, **kw) if c.position == "learned" else None
         self.blocks = stacked_blocks(c, rngs=rngs, **kw)
         self.final_norm = Norm(c.d_model, c.norm, bias=c.bias, eps=c.norm_eps, **kw)
         self.lm_head = None if c.tied_embeddings else Dense(c.d_model, c.vocab_size, ("embed", "vocab"), bias=False, rngs=rngs, **kw)
@@ -173,8 +196,8 @@ class GPT(nnx.Module):
         the layers as a Python loop instead of a scan (same result; a plain graph for export)."""
         c = self.config
         t = inputs.shape[-1]
-        if t > c.seq_len:
-            raise ValueError(f"sequence of {t} tokens is longer than seq_len {c.seq_len}")
+        if t > c.max_positions:
+            raise ValueError(f"sequence of {t} tokens is longer than max_positions {c.max_positions}")
         use_dropout = not deterministic and c.dropout > 0.0
         if use_dropout and rngs is None:
             raise ValueError("dropout > 0 and deterministic=False need rngs with a 'dropout' stream")
@@ -184,7 +207,7 @@ class GPT(nnx.Module):
         if self.wpe is not None:
             x = x + self.wpe.embedding[:t].astype(self.compute_dtype)
         x = dropout(x, c.dropout, keys[0] if use_dropout else None)
-        rope = rope_tables(t, c.head_dim, c.rope_theta) if c.position == "rope" else None
+        rope = rope_tables(t, rope_frequencies(c)) if c.position == "rope" else None
         x = self._run_blocks(x, rope, keys[1:] if use_dropout else None, unroll)
         h = self.final_norm(x)
         if self.lm_head is None:

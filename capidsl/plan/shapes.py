@@ -27,6 +27,8 @@ class ModelShapes:
     sharding: ShardingPlan
     lm: bool  # a language model (batches of token sequences), or a classifier
     seq_len: int  # 1 for a classifier
+    init: Any = None  # the InitPlan of pretrained starting weights (capidsl/plan/init.py), or None
+    tokenizer: str | None = None  # the pretrained model's own tokenizer file, when it has one
 
 
 def plan_precision(p) -> PrecisionPlan:
@@ -53,9 +55,13 @@ def plan_model_shapes(recipe, mesh: MeshPlan, where) -> ModelShapes:
     A ModelError from the family passes through; `compile_plan` places it at the recipe key."""
     from capidsl.models import get_family
 
+    from capidsl.plan.init import init_options, plan_init
+
     fam = get_family(recipe.model.family)
-    cfg = fam.normalize(dict(recipe.model.options))
+    options, hf = init_options(recipe, where)
+    cfg = fam.normalize(options)
     precision = plan_precision(recipe.precision)
+    init = plan_init(hf, cfg, precision.param_dtype, where)
     remat = recipe.training.remat
     table = abstract_table(fam, cfg, precision, remat)
     rules = rules_with(dict(recipe.mesh.rules))
@@ -66,4 +72,5 @@ def plan_model_shapes(recipe, mesh: MeshPlan, where) -> ModelShapes:
         raise
     lm = "inputs" in fam.batch_shapes(cfg, 1)
     return ModelShapes(family=fam, cfg=cfg, precision=precision, remat=remat, rules=rules, sharding=sharding, lm=lm,
-                       seq_len=int(cfg.get("seq_len", 1)) if lm else 1)
+                       seq_len=int(cfg.get("seq_len", 1)) if lm else 1, init=init,
+                       tokenizer=None if hf is None else hf["tokenizer"])

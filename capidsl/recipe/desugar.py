@@ -118,13 +118,14 @@ def sections(data: dict, parsed: dict[tuple, Any]) -> dict[str, Any]:
     logging_every = parsed.get(("logging", "every")) or lang.parse_cadence(data["logging"]["every"])
 
     family = data["model"]["family"]
+    init = data["model"].get("init")
     if family in BUILTIN_FAMILIES:  # the family's options sit beside `family`
-        options = {k: v for k, v in data["model"].items() if k != "family"}
+        options = {k: v for k, v in data["model"].items() if k not in ("family", "init")}
     else:  # an entry-point family: its options are under model.options
         options = dict(data["model"].get("options") or {})
     keep_best = c["keep_best"]
     out = {
-        "model": ModelConfig(family, FrozenMap(options)),
+        "model": ModelConfig(family, FrozenMap(options), None if init is None else FrozenMap(init)),
         "data": build(DataConfig, data["data"]),
         "training": build(TrainingConfig, t, duration=duration),
         "optimizer": build(OptimizerConfig, data["optimizer"]),

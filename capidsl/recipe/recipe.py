@@ -59,6 +59,10 @@ class Recipe:
         """The same from YAML text; `extends` is relative to `base_dir` (default: the current folder)."""
         return from_document(load.load_text(text, name, overrides, base_dir), source=None)
 
+    def written(self, dotted_path: str) -> bool:
+        """Whether the recipe (or a --set) wrote `dotted_path`, rather than leaving it to its default."""
+        return self._document is not None and _split(dotted_path) in self._document.positions
+
     def location(self, dotted_path: str, column: int | None = None) -> Location | None:
         """Where `dotted_path` (e.g. "training.batch_size", "model.hidden[1]") was written; for a key
         that was not written (a default, or a field desugared from a seed key), where its nearest
