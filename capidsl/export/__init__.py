@@ -1,7 +1,7 @@
-"""Where a trained run goes next: model files verified against JAX before they count (ONNX today).
+"""Where a trained run goes next: model files verified against JAX before they count (ONNX, Hugging Face).
 
 Imported on first use (like `capidsl`), so that `import capidsl.export` costs nothing until an
-export actually happens: `export_onnx`, `export_run`, `export_at_end`, `ExportError`.
+export actually happens: `export_onnx`, `export_hf`, `export_run`, `export_at_end`, `ExportError`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ _EXPORTS = {
     "ExportError": ("capidsl.export.errors", "ExportError"),
     "OnnxExport": ("capidsl.export.onnx", "OnnxExport"),
     "export_onnx": ("capidsl.export.onnx", "export_onnx"),
+    "HfExport": ("capidsl.export.hf", "HfExport"),
+    "export_hf": ("capidsl.export.hf", "export_hf"),
     "export_run": ("capidsl.export.run_export", "export_run"),
     "export_at_end": ("capidsl.export.run_export", "export_at_end"),
 }

@@ -6,6 +6,9 @@ and verified locally first (into the run directory's `export/` folder), then upl
 CRC32C checked; a gs:// run directory's own `export/` folder is uploaded by its mirror.
 Which weights: by default the run's final ones (summary.json's `params_step`), `--step N` a
 checkpoint, `--best` the checkpoint of the best evaluation (summary.json's `best.step`).
+`--format hf` writes a Hugging Face model directory instead (capidsl/export/hf.py): `--out DIR`,
+else `RUN_DIR/export/hf/` (the working copy's, for a gs:// run); a gs:// target is refused, since
+a directory cannot be replaced atomically in a bucket. The end-of-run export is ONNX only.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ from capidsl.storage.errors import StorageError
 from capidsl.storage.gcs import GsUrl, Store, is_gs_url
 from capidsl.export.onnx import OnnxExport, export_onnx
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "hf")
 DEFAULT_NAME = "model.onnx"
+HF_DIR = "hf"  # RUN_DIR/export/hf/
 
 
 def _best_step(local: Path) -> int:
@@ -55,11 +59,15 @@ def _upload(result: OnnxExport, url: GsUrl) -> dict[str, Any]:
 
 def export_run(run_dir: str, *, fmt: str = "onnx", step: int | None = None, best: bool = False,
                out: str | None = None, opset: int | None = None, tolerance: float | None = None) -> dict[str, Any]:
-    """Export a run directory's weights (a local path or gs://); the export's account (OnnxExport.to_json + upload)."""
+    """Export a run directory's weights (a local path or gs://); the export's account
+    (OnnxExport.to_json + upload, or HfExport.to_json)."""
     from capidsl.exec.generate import load_run
 
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}", subject="--format", hint=f"formats: {', '.join(FORMATS)}")
+    if fmt == "hf" and out is not None and is_gs_url(out):
+        raise ExportError("a Hugging Face export is written to a local directory, not to gs://", subject=out,
+                          hint="export to a local --out DIR, then copy it (gcloud storage cp -r DIR gs://...)")
     remote = None
     if is_gs_url(run_dir):
         from capidsl.storage.workdir import pull, working_copy
@@ -76,6 +84,11 @@ def export_run(run_dir: str, *, fmt: str = "onnx", step: int | None = None, best
     if best:
         step = _best_step(local)
     plan, _, params, at = load_run(local, step)
+    if fmt == "hf":
+        from capidsl.export.hf import export_hf
+
+        target = Path(out) if out is not None else local / rundir.EXPORT / HF_DIR
+        return export_hf(plan, params, at, target, tolerance=tolerance).to_json()
     target, upload_to = _targets(local, out, plan.export.path if out is None else None, remote)
     result = export_onnx(plan, params, at, target, opset=opset, tolerance=tolerance)
     account = result.to_json()
@@ -94,8 +107,9 @@ def export_at_end(plan, run_dir: str | os.PathLike, params, step: int, summary):
 
     from capidsl.export.onnx import host_params
 
-    if plan.export.format not in FORMATS:
-        raise ExportError(f"unknown export format {plan.export.format!r}", subject="export.format")
+    if plan.export.format != "onnx":
+        raise ExportError(f"unknown export format {plan.export.format!r} at the end of a run", subject="export.format",
+                          hint="the run exports ONNX; `capidsl export RUN_DIR --format hf` afterwards")
     arrays = host_params(params)  # every process takes part in the gather; process 0 writes
     if jax.process_index() != 0:
         return summary
@@ -118,6 +132,12 @@ def describe_export(account: dict[str, Any]) -> str:
     """The closing line about an export (from summary.json's "export", or export_run's account)."""
     if "error" in account:
         return f"export refused: {account['error']}"
+    if account.get("format") == "hf":
+        from capidsl.export.hf import HfExport
+
+        fields = {f.name for f in dataclasses.fields(HfExport)}
+        return HfExport(**{k: (tuple(v) if isinstance(v, list) else v)
+                           for k, v in account.items() if k in fields}).describe()
     fields = {f.name for f in dataclasses.fields(OnnxExport)}
     line = OnnxExport(**{k: v for k, v in account.items() if k in fields}).describe()
     if "uploaded_to" in account:
