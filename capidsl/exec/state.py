@@ -141,7 +141,7 @@ def init_state(plan: Plan, mesh: Mesh) -> tuple[nnx.GraphDef, TrainState]:
             return graphdef, jax.jit(create, out_shardings=shardings)()
         from capidsl.exec.weights import pretrained_params
 
-        params = pretrained_params(plan, abstract.params, shardings.params)
+        params = pretrained_params(plan, mesh, abstract.params, shardings.params)
         tx = make_optimizer(plan)
 
         def start(params) -> TrainState:

@@ -8,17 +8,19 @@ larger than one device (or than one host's memory) loads as it is sharded.
 
 from __future__ import annotations
 
-import numpy as np
-
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from capidsl.exec.errors import RunError
 from capidsl.exec.mesh import param_path
 from capidsl.plan.plan import Plan
 
 
-def pretrained_params(plan: Plan, abstract_params, shardings):
+def pretrained_params(plan: Plan, mesh, abstract_params, shardings):
     """The parameter state of `plan.model.init` with `shardings` (a tree like `abstract_params`)."""
+    if plan.model.init.kind == "run":
+        return _run_params(plan, mesh, shardings)
     from capidsl.models.errors import ModelError
     from capidsl.models.hf.layout import sources, tensors, view
     from capidsl.models.hf.safetensors import Checkpoint
@@ -51,3 +53,27 @@ def pretrained_params(plan: Plan, abstract_params, shardings):
         return jax.make_array_from_callback(tuple(leaf.shape), sharding, piece)
 
     return jax.tree_util.tree_map_with_path(load, abstract_params, shardings)
+
+
+def _run_params(plan: Plan, mesh, shardings):
+    """A capidsl run's parameters at the plan's step, restored into this run's mesh and dtype.
+
+    The whole train state of that step is restored (orbax reads what it was written as), sharded
+    as the old plan shards it but on this run's mesh; the optimizer state is then dropped."""
+    from capidsl import rundir
+    from capidsl.exec.checkpoint import Checkpoints
+    from capidsl.exec.state import abstract_state
+
+    init = plan.model.init
+    try:
+        old = Plan.loads(rundir.read_plan_text(init.path))
+    except rundir.RunDirError as err:
+        raise RunError(err.message, subject="model.init.from", hint=err.hint) from None
+    _, abstract = abstract_state(old, mesh)
+    ckpts = Checkpoints(init.path, old.checkpoint)
+    try:
+        params = ckpts.restore_state(init.step, abstract).params
+    finally:
+        ckpts.close()
+    target = jnp.dtype(plan.precision.param_dtype)
+    return jax.tree_util.tree_map(lambda a, s: jax.device_put(a.astype(target), s), params, shardings)

@@ -1,6 +1,8 @@
 """The init step of planning: where a model's starting weights come from, checked before anything compiles.
 
-`model.init.from` names a local Hugging Face model directory (config.json + *.safetensors). Its
+`model.init.from` names a capidsl run directory (its parameters at `model.init.step`, checked by
+name and shape against the model; a new run with a fresh optimizer) or a local Hugging Face model
+directory (config.json + *.safetensors). Its
 config.json supplies the gpt options (a recipe that writes a different shape is an error naming
 both values; seq_len may be shorter than the model's context), its tokenizer.json the tokenizer
 (unless the recipe names one), and every tensor's name, shape and dtype is checked against the
@@ -12,11 +14,15 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+
+import numpy as np
 from typing import Any
 
 from capidsl.models.errors import ModelError
 from capidsl.plan.errors import PlanError
 from capidsl.plan.plan import InitPlan
+
+ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8}
 
 
 def init_options(recipe, where) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -29,9 +35,10 @@ def init_options(recipe, where) -> tuple[dict[str, Any], dict[str, Any] | None]:
 
     source = Path(init["from"]).expanduser()
     if (source / "plan.json").is_file() and not (source / "config.json").is_file():
-        raise PlanError("starting from a capidsl run directory is not available yet", subject="model.init.from",
-                        location=where("model.init.from"),
-                        hint="start from a Hugging Face model directory (config.json + *.safetensors)")
+        return _from_run(recipe, source, init.get("step", "last"), where)
+    if init.get("step", "last") != "last":
+        raise PlanError("model.init.step picks a checkpoint of a capidsl run; a Hugging Face directory has one set "
+                        "of weights", subject="model.init.step", location=where("model.init.step"))
     if recipe.model.family != "gpt":
         raise PlanError(f"a Hugging Face model maps onto the gpt family, not {recipe.model.family!r}",
                         subject="model.family", location=where("model.family"))
@@ -45,10 +52,75 @@ def init_options(recipe, where) -> tuple[dict[str, Any], dict[str, Any] | None]:
     return merged, {"architecture": hf.architecture, "tokenizer": hf.tokenizer, "directory": source}
 
 
-def plan_init(hf: dict[str, Any] | None, cfg: dict[str, Any], precision_dtype: str, where) -> InitPlan | None:
-    """The InitPlan of a Hugging Face start, after checking its tensors against the model's options."""
+def _from_run(recipe, source: Path, step, where) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A capidsl run's model options (the recipe's written ones over them) and its checkpoint step."""
+    import json
+
+    from capidsl import rundir
+
+    old = json.loads((source / rundir.PLAN).read_text())
+    if old["model"]["family"] != recipe.model.family:
+        raise PlanError(f"{source} trained model family {old['model']['family']!r}, the recipe names "
+                        f"{recipe.model.family!r}", subject="model.family", location=where("model.family"))
+    steps = rundir.checkpoint_steps(source)
+    if not steps:
+        raise PlanError(f"{source} has no checkpoint", subject="model.init.from", location=where("model.init.from"),
+                        hint="train it first, or name a run that kept checkpoints")
+    listed = f"its checkpoints: steps {', '.join(map(str, steps))}"
+    if step == "last":
+        chosen = rundir.final_params_step(source, steps)
+    elif step == "best":
+        chosen = rundir.best_step(source)
+        if chosen is None or chosen not in steps:
+            raise PlanError(f"{source} has no kept checkpoint of a best evaluation", subject="model.init.step",
+                            location=where("model.init.step"), hint=listed)
+    elif step not in steps:
+        raise PlanError(f"{source} has no checkpoint of step {step}", subject="model.init.step",
+                        location=where("model.init.step"), hint=listed)
+    else:
+        chosen = int(step)
+    problem = rundir.verify_manifest(rundir.step_dir(source, chosen))
+    if problem is not None:
+        raise PlanError(f"checkpoint {chosen} of {source} is unreadable: {problem}", subject="model.init.from",
+                        location=where("model.init.from"))
+    config = old["model"]["config"]
+    before = dict(config) if isinstance(config, dict) else {k: v for k, v in config}
+    options = {**before, **dict(recipe.model.options)}
+    changed = [f"{k} {before[k]!r} → {v!r}" for k, v in recipe.model.options.items() if k in before and before[k] != v]
+    params = {p["path"]: (p.get("dtype", "float32"), tuple(p["shape"])) for p in old["sharding"]["params"]}
+    return options, {"kind": "run", "directory": source, "step": chosen, "tokenizer": old["data"].get("tokenizer"),
+                     "params": params, "manifest": rundir.step_dir(source, chosen) / rundir.MANIFEST, "changed": changed}
+
+
+def _run_init(src: dict[str, Any], table, where) -> InitPlan:
+    """The InitPlan of a run's checkpoint whose parameters have exactly the model's names and shapes."""
+    wanted = {p.path: tuple(p.shape) for p in table}
+    have = {path: shape for path, (_, shape) in src["params"].items()}
+    problems = [f"missing parameter {p} {list(s)}" for p, s in wanted.items() if p not in have]
+    problems += [f"unexpected parameter {p} {list(s)}" for p, s in have.items() if p not in wanted]
+    problems += [f"parameter {p}: shape {list(have[p])} in the run, {list(s)} in the model"
+                 for p, s in wanted.items() if p in have and have[p] != s]
+    if problems:
+        why = f" (the recipe changes {', '.join(src['changed'])})" if src["changed"] else ""
+        raise PlanError(f"{src['directory']} does not fit the model{why}: " + "; ".join(problems[:8])
+                        + (f"; and {len(problems) - 8} more" if len(problems) > 8 else ""),
+                        subject="model.init.from", location=where("model.init.from"),
+                        hint="a run's weights start a model of the same shape: leave its shape keys out of the recipe")
+    manifest = src["manifest"]
+    digest = hashlib.sha256(manifest.read_bytes() if manifest.is_file() else str(src["step"]).encode()).hexdigest()[:20]
+    return InitPlan(kind="run", path=str(Path(src["directory"]).resolve()), architecture="capidsl",
+                    files=(f"checkpoints/{src['step']}",), tensors=len(wanted),
+                    bytes=sum(int(np.prod(s)) * ITEMSIZE.get(src["params"][p][0], 4) for p, s in wanted.items()),
+                    dtypes=tuple(sorted({d for d, _ in src["params"].values()})), digest=digest,
+                    tokenizer=src["tokenizer"], step=int(src["step"]))
+
+
+def plan_init(hf: dict[str, Any] | None, cfg: dict[str, Any], table, where) -> InitPlan | None:
+    """The InitPlan of a pretrained start, after checking its tensors against the model's (`table`)."""
     if hf is None:
         return None
+    if hf.get("kind") == "run":
+        return _run_init(hf, table, where)
     from capidsl.models.hf.layout import mismatches, tensors
     from capidsl.models.hf.safetensors import Checkpoint
 

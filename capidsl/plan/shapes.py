@@ -61,9 +61,9 @@ def plan_model_shapes(recipe, mesh: MeshPlan, where) -> ModelShapes:
     options, hf = init_options(recipe, where)
     cfg = fam.normalize(options)
     precision = plan_precision(recipe.precision)
-    init = plan_init(hf, cfg, precision.param_dtype, where)
     remat = recipe.training.remat
     table = abstract_table(fam, cfg, precision, remat)
+    init = plan_init(hf, cfg, table, where)
     rules = rules_with(dict(recipe.mesh.rules))
     try:
         sharding = plan_sharding(table, mesh, rules)

@@ -105,3 +105,40 @@ def test_bad_checkpoints_are_clear_errors_listing_every_mismatch(tmp_path):
     with open(d / "model.safetensors", "r+b") as f:
         f.write(b"\xff" * 12)  # a corrupted header length
     assert "header length 18446744073709551615 does not fit in a file of 76384 bytes" in plan_error(d)
+
+
+def tiny(source: Path | None = None, model: str = "", step: str = "") -> Recipe:
+    """A tiny byte-level gpt, or one starting from the run at `source`."""
+    if source is None:
+        m = "{vocab_size: 256, seq_len: 16, d_model: 32, n_layers: 1, n_heads: 2}"
+    else:
+        m = f'{{init: {{from: "{source}"{step}}}{model}}}'
+    return Recipe.from_text(f"""
+model: {m}
+data: {{source: text, path: "{TEXT}"}}
+training: {{batch_size: 8, duration: "2 steps", seed: 3}}
+eval: {{every: null}}
+logging: {{progress: none, tensorboard: false}}
+""")
+
+
+def test_a_run_starts_a_new_run_from_its_parameters(tmp_path):
+    import jax
+
+    from capidsl.exec.generate import load_run
+    from capidsl.runner import run
+
+    run(compile_plan(tiny()), tmp_path / "a")
+    plan = compile_plan(tiny(tmp_path / "a"))
+    assert (plan.model.init.kind, plan.model.init.step, plan.model.options["d_model"]) == ("run", 2, 32)
+    _, state = init_state(plan, build_mesh(plan))
+    _, _, trained, _ = load_run(tmp_path / "a")
+    same = jax.tree_util.tree_map(lambda a, b: bool((np.asarray(a) == np.asarray(b)).all()), state.params, trained)
+    assert all(jax.tree_util.tree_leaves(same)) and int(state.step) == 0  # its weights, a fresh start
+    with pytest.raises(PlanError) as err:
+        compile_plan(tiny(tmp_path / "a", ", d_model: 64"))
+    assert "does not fit the model (the recipe changes d_model 32 → 64)" in str(err.value)
+    assert "parameter blocks.attn.k.kernel: shape [1, 32, 32] in the run, [1, 64, 64] in the model" in str(err.value)
+    with pytest.raises(PlanError) as err:
+        compile_plan(tiny(tmp_path / "a", step=", step: 7"))
+    assert "has no checkpoint of step 7" in str(err.value)
