@@ -22,7 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from capidsl.exec.mesh import to_partition_spec
-from capidsl.exec.optimizer import learning_rate, make_optimizer
+from capidsl.exec.optimizer import learning_rate, make_optimizer, stop_frozen
 from capidsl.exec.precision import next_loss_scale, scale_loss, unscale_grads
 from capidsl.exec.pruning import achieved_sparsity
 from capidsl.exec.state import TrainState, abstract_state, model_family
@@ -137,9 +137,10 @@ def make_train_step(plan: Plan, mesh: Mesh, graphdef: nnx.GraphDef):
     shards, chunks, axes = plan.batch.data_parallel, plan.batch.accumulation, batch_axes(plan)
     _, abstract = abstract_state(plan, mesh)
     state_sh = jax.tree_util.tree_map(lambda a: a.sharding, abstract)
+    frozen = stop_frozen(plan)  # no gradient path to a frozen parameter (identity when all train)
 
     def loss_fn(params, mb, key, loss_scale):
-        model = nnx.merge(graphdef, params)
+        model = nnx.merge(graphdef, frozen(params))
         # The Rngs object is made inside the differentiated function: nnx refuses to advance an
         # RNG stream created at another trace level.
         loss_sum, weight_sum, _, hidden = model_loss(plan, fam, model, mb, deterministic=False,

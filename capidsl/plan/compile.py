@@ -9,6 +9,8 @@ that caused it, whichever package raised it: a ModelError or DataError is placed
 
 from __future__ import annotations
 
+import dataclasses
+
 from capidsl.data.errors import DataError
 from capidsl.families import BUILTIN_FAMILIES
 from capidsl.models.errors import ModelError
@@ -24,6 +26,7 @@ from capidsl.plan.plan import (
     PLAN_VERSION, ExportPlan, Lint, LoggingPlan, MeshPlan, ModelPlan, OptimizerPlan, Plan, Topology, freeze_options,
 )
 from capidsl.plan.shapes import ModelShapes, plan_model_shapes
+from capidsl.plan.trainable import frozen_params, trained
 
 
 def compile_plan(recipe, topology: Topology | None = None, *, progress=None) -> Plan:
@@ -47,17 +50,21 @@ def _compile(recipe, topology: Topology, where, progress=None) -> Plan:
     mesh, mesh_lints = layout({"data": recipe.mesh.data, "fsdp": recipe.mesh.fsdp, "tensor": recipe.mesh.tensor},
                               topology, where("mesh"))
     model = plan_model_shapes(recipe, mesh, where)
-    batching = plan_batching(recipe.training, topology, mesh, _workload(recipe, model, mesh, topology), where)
-    data = plan_data(recipe.data, recipe.training.seed, model, batching, where, progress)
+    frozen = frozen_params(recipe.training.trainable, model.sharding, where)  # training.trainable's complement
+    batching = plan_batching(recipe.training, topology, mesh, _workload(recipe, model, mesh, topology, frozen), where)
+    data_config = recipe.data
+    if model.tokenizer and not recipe.written("data.tokenizer"):  # a pretrained model's own tokenizer, unless the recipe names one
+        data_config = dataclasses.replace(data_config, tokenizer=model.tokenizer)
+    data = plan_data(data_config, recipe.training.seed, model, batching, where, progress)
     batch = data.batch
     total = total_steps(recipe.training, data.steps_per_epoch, batch.tokens_per_step, where)
     data = resolve_stages(data, recipe.data, total, batch.tokens_per_step, where)  # a mixture's stages, in steps
     cadences = plan_cadences(recipe, total, data.steps_per_epoch, batch.tokens_per_step, data.val_batches,
-                             model.sharding, where)
+                             trained(model.sharding, frozen), where)  # pruning leaves frozen weights alone
     found = _lints(cadences, data, where)
     memory, memory_lints = _memory(batching, data)
     return _assemble(recipe, topology, mesh, model, batching, data, cadences, memory,
-                     lints=tuple(mesh_lints + found + memory_lints + list(data.lints)))
+                     lints=tuple(mesh_lints + found + memory_lints + list(data.lints)), frozen=frozen)
 
 
 def _where(recipe):
@@ -93,12 +100,14 @@ def _placed(err, message: str, key: str, where) -> PlanError:
     return PlanError(message, subject=key if names_a_key else err.subject or key, location=where(key), hint=err.hint)
 
 
-def _workload(recipe, model: ModelShapes, mesh: MeshPlan, topology: Topology) -> Workload:
-    """The memory estimate's inputs besides the batch shape (pruning masks count as state)."""
+def _workload(recipe, model: ModelShapes, mesh: MeshPlan, topology: Topology, frozen: tuple[str, ...] = ()) -> Workload:
+    """The memory estimate's inputs besides the batch shape (pruning masks count as state; frozen
+    parameters have no gradient or optimizer state)."""
     p = recipe.pruning
-    masks = pruning.mask_bytes(pruning.pruned_params(model.sharding, p.embeddings)) if p.schedule is not None else 0
+    pruned = pruning.pruned_params(trained(model.sharding, frozen), p.embeddings)
+    masks = pruning.mask_bytes(pruned) if p.schedule is not None else 0
     return Workload(model=model, mesh=mesh, optimizer=recipe.optimizer.name, momentum=recipe.optimizer.momentum,
-                    device_memory=topology.memory_per_device, state_bytes=masks)
+                    device_memory=topology.memory_per_device, state_bytes=masks, frozen=frozenset(frozen))
 
 
 def _lints(cadences: Cadences, data: DataLayout, where) -> list[Lint]:
@@ -133,18 +142,19 @@ def _memory(batching: Batching, data: DataLayout):
 
 
 def _assemble(recipe, topology: Topology, mesh: MeshPlan, model: ModelShapes, batching: Batching, data: DataLayout,
-              cadences: Cadences, memory, lints: tuple[Lint, ...]) -> Plan:
+              cadences: Cadences, memory, lints: tuple[Lint, ...], frozen: tuple[str, ...] = ()) -> Plan:
     """The Plan from the steps' results, with the FLOP and communication estimates they imply."""
     t, o, batch, fam, precision = recipe.training, recipe.optimizer, data.batch, model.family, model.precision
     return Plan(
         version=PLAN_VERSION, name=recipe.name or "recipe", seed=int(t.seed), run_dir=recipe.run_dir or "runs/recipe",
         topology=topology, mesh=mesh,
         model=ModelPlan(family=recipe.model.family, config=freeze_options(model.cfg),
-                        param_count=fam.param_count(model.cfg), remat=model.remat),
+                        param_count=fam.param_count(model.cfg), remat=model.remat, init=model.init),
         sharding=model.sharding, precision=precision, batch=batch,
         optimizer=OptimizerPlan(name=o.name, beta1=float(o.beta1), beta2=float(o.beta2), epsilon=float(o.epsilon),
                                 weight_decay=float(o.weight_decay), momentum=float(o.momentum), nesterov=bool(o.nesterov),
-                                grad_clip=None if t.grad_clip is None else float(t.grad_clip), decay_mask="matrices"),
+                                grad_clip=None if t.grad_clip is None else float(t.grad_clip), decay_mask="matrices",
+                                frozen=frozen),
         schedule=cadences.schedule, stop=cadences.stop, cadence=cadences.cadence, checkpoint=cadences.checkpoint,
         data=data.data, memory=memory,
         flops=flops.estimate(fam, model.cfg, batch.tokens_per_step, topology, precision.compute_dtype),

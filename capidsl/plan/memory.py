@@ -3,6 +3,7 @@
 Arguments (exact arithmetic on the sharded shapes): parameters, optimizer state (adamw/adam 2
 moments, lion and sgd-with-momentum 1, adafactor the factored row and column second moments of
 every ≥2-D weight), the step's batch rows and other state (pruning masks, a carried recurrent state).
+A frozen parameter (`training.trainable`) counts as a parameter only: it has no moments and no gradient.
 
 Temporaries (XLA's `temp_size_in_bytes`), a sum of terms, each something the step really holds:
   saved activations   every residual `jax.vjp` of the family's loss keeps for the backward pass, for
@@ -39,9 +40,13 @@ from capidsl.plan.shapes import ModelShapes
 from capidsl.plan.sharding import BATCH_AXES
 
 
-def optimizer_state_bytes(name: str, momentum: float, sharding: ShardingPlan, mesh: MeshPlan) -> int:
+def optimizer_state_bytes(name: str, momentum: float, sharding: ShardingPlan, mesh: MeshPlan,
+                          frozen: frozenset[str] = frozenset()) -> int:
+    """The optimizer's moments per device; a frozen parameter has none."""
     total = 0
     for p in sharding.params:
+        if p.path in frozen:
+            continue
         if name in ("adamw", "adam"):
             total += 2 * p.bytes_per_device
         elif name == "lion" or (name == "sgd" and momentum):
@@ -56,26 +61,29 @@ def optimizer_state_bytes(name: str, momentum: float, sharding: ShardingPlan, me
     return total
 
 
-def gradient_bytes(sharding: ShardingPlan) -> int:
-    """float32 gradients of every parameter shard (the step casts and accumulates them in float32)."""
-    return sum(p.bytes_per_device // np.dtype(p.dtype).itemsize * 4 for p in sharding.params)
+def gradient_bytes(sharding: ShardingPlan, frozen: frozenset[str] = frozenset()) -> int:
+    """float32 gradients of every trained parameter shard (the step casts and accumulates them in
+    float32; it takes no gradient of a frozen parameter)."""
+    return sum(p.bytes_per_device // np.dtype(p.dtype).itemsize * 4 for p in sharding.params if p.path not in frozen)
 
 
-def gathered_layer_bytes(sharding: ShardingPlan, mesh: MeshPlan, compute_bytes: int) -> int:
+def gathered_layer_bytes(sharding: ShardingPlan, mesh: MeshPlan, compute_bytes: int,
+                         frozen: frozenset[str] = frozenset()) -> int:
     """FSDP's transient: one layer's weights gathered over the batch axes (compute dtype) plus their
-    float32 gradient before the reduce-scatter; a layer is one slice of the stacked ("layers") parameters,
-    or the largest unstacked parameter (an embedding) if that is bigger."""
+    float32 gradient before the reduce-scatter (none for a frozen weight); a layer is one slice of the
+    stacked ("layers") parameters, or the largest unstacked parameter (an embedding) if that is bigger."""
     layer = largest = 0
     for p in sharding.params:
         ways = math.prod(mesh.size(a) for axes in p.spec for a in axes if a in BATCH_AXES)
         if ways == 1:
             continue
         elements = p.bytes_per_device // np.dtype(p.dtype).itemsize * ways
+        held = elements * (compute_bytes + (0 if p.path in frozen else 4))
         if p.logical_axes and p.logical_axes[0] == "layers":
-            layer += elements // p.shape[0]
+            layer += held // p.shape[0]
         else:
-            largest = max(largest, elements)
-    return max(layer, largest) * (compute_bytes + 4)
+            largest = max(largest, held)
+    return max(layer, largest)
 
 
 def _formula_activations(family, cfg, micro_batch, compute_bytes, remat, tensor, lm) -> int:
@@ -87,13 +95,14 @@ def _formula_activations(family, cfg, micro_batch, compute_bytes, remat, tensor,
 
 def estimate(*, family, cfg: dict, sharding: ShardingPlan, mesh: MeshPlan, optimizer: str, momentum: float,
              micro_batch: int, rows_per_device: int, batch_shapes: dict, compute_dtype: str, remat: str,
-             device_memory: int, state_bytes: int = 0) -> MemoryEstimate:
+             device_memory: int, state_bytes: int = 0, frozen: frozenset[str] = frozenset()) -> MemoryEstimate:
     """The estimate for one device holding `micro_batch` rows per micro-step and `rows_per_device` per step.
 
     `state_bytes`: training state besides parameters and optimizer moments (pruning masks, a carried
-    recurrent state), per device. FITS is judged on `total` = arguments + the temporaries' terms."""
+    recurrent state), per device. `frozen`: parameters that do not train (no gradient, no moments).
+    FITS is judged on `total` = arguments + the temporaries' terms."""
     params = sum(p.bytes_per_device for p in sharding.params)
-    opt = optimizer_state_bytes(optimizer, momentum, sharding, mesh)
+    opt = optimizer_state_bytes(optimizer, momentum, sharding, mesh, frozen)
     compute_bytes = np.dtype(compute_dtype).itemsize if compute_dtype != "bfloat16" else 2
     batch = 0
     for shape, dtype in batch_shapes.values():
@@ -118,10 +127,10 @@ def estimate(*, family, cfg: dict, sharding: ShardingPlan, mesh: MeshPlan, optim
         working = 0
         formula = (f"temp = {family.num_layers(cfg)} layers × the family's per-layer formula ({remat}) / tensor "
                    f"+ f32 logits + f32 grads + optimizer copy (the loss could not be traced: {reason})")
-    grads = gradient_bytes(sharding)
+    grads = gradient_bytes(sharding, frozen)
     copy = ("optimizer copy or accumulation", max(opt, grads)) if rows_per_device > micro_batch else ("optimizer copy", opt)
     terms = (("saved activations", saved), ("backward working set", working), ("gradients f32", grads), copy,
-             ("fsdp gather", gathered_layer_bytes(sharding, mesh, compute_bytes) if mesh.size("fsdp") > 1 else 0))
+             ("fsdp gather", gathered_layer_bytes(sharding, mesh, compute_bytes, frozen) if mesh.size("fsdp") > 1 else 0))
     temp = sum(v for _, v in terms)
     total = params + opt + batch + state_bytes + temp
     return MemoryEstimate(params=params, grads=grads, opt_state=opt, activations=saved + working, batch=batch,
@@ -140,6 +149,7 @@ class Workload:
     momentum: float
     device_memory: int
     state_bytes: int  # training state besides parameters and moments (pruning masks, a carried state)
+    frozen: frozenset[str] = frozenset()  # parameters without gradients or moments (training.trainable)
 
     def at(self, micro: int, accumulation: int, seq_len: int | None = None) -> MemoryEstimate:
         """The estimate for `micro` rows per device and micro-step, `accumulation` micro-steps, rows of `seq_len`."""
@@ -148,4 +158,5 @@ class Workload:
         return estimate(family=m.family, cfg=cfg, sharding=m.sharding, mesh=self.mesh, optimizer=self.optimizer,
                         momentum=self.momentum, micro_batch=micro, rows_per_device=micro * accumulation,
                         batch_shapes=m.family.batch_shapes(cfg, 1), compute_dtype=m.precision.compute_dtype,
-                        remat=m.remat, device_memory=self.device_memory, state_bytes=self.state_bytes)
+                        remat=m.remat, device_memory=self.device_memory, state_bytes=self.state_bytes,
+                        frozen=self.frozen)

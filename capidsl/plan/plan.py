@@ -104,6 +104,22 @@ class ShardingPlan:
 
 
 @dataclass(frozen=True)
+class InitPlan:
+    """Where the starting weights come from (capidsl/plan/init.py), checked against the model."""
+
+    kind: str  # hf: a Hugging Face model directory; run: a capidsl run's checkpoint
+    path: str  # absolute
+    architecture: str  # GPT2LMHeadModel | LlamaForCausalLM | capidsl
+    files: tuple[str, ...]  # the safetensors files read, or the checkpoint
+    tensors: int
+    bytes: int  # the checkpoint's tensor bytes
+    dtypes: tuple[str, ...]  # stored dtypes (cast to the plan's param dtype on load)
+    digest: str  # of the files' headers and sizes: a changed checkpoint changes the fingerprint
+    tokenizer: str | None  # the directory's tokenizer.json (the run's tokenizer), when there is one
+    step: int | None = None  # a run's checkpoint step
+
+
+@dataclass(frozen=True)
 class ModelPlan:
     """Which registered model family to build, with its normalised options."""
 
@@ -111,6 +127,7 @@ class ModelPlan:
     config: Options
     param_count: int
     remat: str  # none | full | dots
+    init: InitPlan | None = None  # random weights when None
 
     @property
     def options(self) -> dict[str, Any]:
@@ -154,6 +171,7 @@ class OptimizerPlan:
     nesterov: bool
     grad_clip: float | None
     decay_mask: str  # "matrices": decay only ≥2-D weights (not biases, norms); "all"
+    frozen: tuple[str, ...] = ()  # parameters that never change (training.trainable); () = all train
 
 
 @dataclass(frozen=True)
@@ -399,7 +417,12 @@ class Plan:
     hidden_state: HiddenStatePlan | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return to_jsonable(self)
+        data = to_jsonable(self)
+        if not self.optimizer.frozen:  # everything trains: the JSON (and fingerprint) of a plan without it
+            del data["optimizer"]["frozen"]
+        if self.model.init is None:  # random weights: the JSON of a plan without init
+            del data["model"]["init"]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Plan":

@@ -6,6 +6,7 @@ import math
 import re
 from collections import OrderedDict
 
+import numpy as np
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -34,13 +35,30 @@ def _pattern(path: str) -> str:
 
 
 def param_rows(plan: Plan):
-    """Parameters grouped by path pattern (numbered layers fold into one row) with counts and bytes."""
+    """Parameters grouped by path pattern (numbered layers fold into one row) with counts, bytes and
+    whether they train (a frozen layer never shares a row with a trained one)."""
+    frozen = set(plan.optimizer.frozen)
     groups: OrderedDict[tuple, list] = OrderedDict()
     for p in plan.sharding.params:
-        key = (_pattern(p.path), p.shape, p.spec, p.logical_axes)
+        key = (_pattern(p.path), p.shape, p.spec, p.logical_axes, p.path in frozen)
         groups.setdefault(key, []).append(p)
-    for (pattern, shape, spec, axes), ps in groups.items():
-        yield pattern, len(ps), shape, axes, spec, sum(math.prod(p.shape) for p in ps), sum(p.bytes_per_device for p in ps)
+    for (pattern, shape, spec, axes, is_frozen), ps in groups.items():
+        yield (pattern, len(ps), shape, axes, spec, sum(math.prod(p.shape) for p in ps),
+               sum(p.bytes_per_device for p in ps), is_frozen)
+
+
+def trainable_text(plan: Plan) -> str:
+    """Fine-tuning: how many parameters (and bytes, whole, not per device) train and how many are frozen."""
+    frozen = set(plan.optimizer.frozen)
+    counts = {True: 0, False: 0}
+    sizes = {True: 0, False: 0}
+    for p in plan.sharding.params:
+        n = math.prod(p.shape)
+        counts[p.path in frozen] += n
+        sizes[p.path in frozen] += n * np.dtype(p.dtype).itemsize
+    return (f"parameters {human_count(counts[False])} trainable ({human_bytes(sizes[False])}), "
+            f"{human_count(counts[True])} frozen ({human_bytes(sizes[True])}; {len(frozen)} of "
+            f"{len(plan.sharding.params)} tensors: no gradient, no optimizer state)")
 
 
 def pruning_text(plan: Plan) -> str:
@@ -142,9 +160,13 @@ def render(plan: Plan) -> Group:
     table.add_column("axes")
     table.add_column("params", justify="right")
     table.add_column("bytes/device", justify="right", no_wrap=True)
-    for pattern, n, shape, axes, spec, count, nbytes in param_rows(plan):
+    if plan.optimizer.frozen:
+        table.add_column("trains")
+    for pattern, n, shape, axes, spec, count, nbytes, is_frozen in param_rows(plan):
         placed = ", ".join((a or "·") + ("→" + "+".join(m) if m else "") for a, m in zip(axes, spec))
-        table.add_row(pattern, str(n), "×".join(map(str, shape)), placed, human_count(count), human_bytes(nbytes))
+        cells = [pattern, str(n), "×".join(map(str, shape)), placed, human_count(count), human_bytes(nbytes)]
+        table.add_row(*cells, *((("frozen" if is_frozen else "yes"),) if plan.optimizer.frozen else ()),
+                      style="dim" if is_frozen else None)
 
     m = plan.memory
     width = 40
@@ -161,6 +183,8 @@ def render(plan: Plan) -> Group:
     cost = Text(f"FLOPs {f.flops_per_token:.3g}/token, {f.flops_per_step:.3g}/step; ~{f.step_time_s:.3g} s/step at "
                 f"{f.assumed_mfu:.0%} MFU ({f.formula})")
     items = [head, topo, batching, cad, Text(data_text(plan)), table, bar, parts, cost]
+    if plan.optimizer.frozen:
+        items.insert(1, Text(trainable_text(plan)))
     if plan.pruning is not None:
         items.insert(4, Text(pruning_text(plan)))
     if plan.hidden_state is not None:

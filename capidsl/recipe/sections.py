@@ -68,6 +68,7 @@ class ModelConfig:
 
     family: str
     options: FrozenMap = field(default_factory=FrozenMap)
+    init: FrozenMap | None = None  # `model.init`: {from, step} (starting weights), None = random
 
     def __getattr__(self, name: str):  # recipe.model.d_model reads an option
         options = object.__getattribute__(self, "options")
@@ -117,6 +118,7 @@ class TrainingConfig:
     mixed_precision: bool | None
     grad_clip: float | None
     remat: str
+    trainable: tuple[str, ...] | None = None  # glob patterns over parameter paths; None = every parameter trains
 
 
 @dataclass(frozen=True)
