@@ -34,6 +34,9 @@ import numpy as np
 
 from capidsl.export.errors import ExportError
 from capidsl.models.errors import ModelError
+from capidsl.models.hf.config import SHAPE_KEYS, architecture_of, read_config, to_config
+from capidsl.models.hf.layout import mismatches, sources, tensors, view
+from capidsl.models.hf.safetensors import Checkpoint, write_safetensors
 
 DTYPE = np.float32
 VERIFY_ROWS = 4  # seeded random token rows the re-read model is checked on
@@ -77,7 +80,6 @@ def export_params(plan, params):
 def architecture(plan) -> tuple[str, dict[str, Any]]:
     """(the Hugging Face architecture, the normalised gpt options) of the plan's model, or an ExportError."""
     from capidsl.exec.state import model_family
-    from capidsl.models.hf.config import architecture_of
 
     if plan.model.family != "gpt":
         raise ExportError(f"a {plan.model.family} model has no Hugging Face form; only the gpt family maps onto one",
@@ -118,9 +120,6 @@ def _entries(layout, arrays: dict):
 def write_directory(directory: Path, arch: str, cfg: dict[str, Any], arrays: dict, tokenizer: str | None) -> int:
     """config.json, model.safetensors (streamed) and the tokenizer, into an existing empty directory;
     the number of tensors written."""
-    from capidsl.models.hf.config import to_config
-    from capidsl.models.hf.layout import sources, tensors
-    from capidsl.models.hf.safetensors import write_safetensors
 
     layout = tensors(arch, cfg)
     unplaced = sorted(set(arrays) - set(sources(layout)))
@@ -166,9 +165,6 @@ def read_back(directory: Path, arch: str, cfg: dict[str, Any], like) -> Any:
     import jax.numpy as jnp
 
     from capidsl.exec.mesh import param_path
-    from capidsl.models.hf.config import SHAPE_KEYS, read_config
-    from capidsl.models.hf.layout import mismatches, sources, tensors, view
-    from capidsl.models.hf.safetensors import Checkpoint
 
     try:
         options = read_config(directory).options
