@@ -61,6 +61,17 @@ def trainable_text(plan: Plan) -> str:
             f"{len(plan.sharding.params)} tensors: no gradient, no optimizer state)")
 
 
+def init_text(plan: Plan) -> str:
+    """Where the starting weights come from, and what was checked."""
+    i = plan.model.init
+    if i.kind == "run":
+        return (f"weights from run {i.path} at step {i.step}: {i.tensors} parameters checked by name and shape, "
+                f"fresh optimizer")
+    return (f"weights from {i.path} ({i.architecture}, {len(i.files)} safetensors file{'s' if len(i.files) > 1 else ''}, "
+            f"{human_bytes(i.bytes)} {'/'.join(i.dtypes)} → {plan.precision.param_dtype}): {i.tensors} tensors checked "
+            f"by name, shape and dtype" + (f"; tokenizer {i.tokenizer}" if i.tokenizer else ""))
+
+
 def pruning_text(plan: Plan) -> str:
     """The sparsity schedule: events, the target at a few of them, and the zeros reached at the end."""
     pr = plan.pruning
@@ -185,6 +196,8 @@ def render(plan: Plan) -> Group:
     items = [head, topo, batching, cad, Text(data_text(plan)), table, bar, parts, cost]
     if plan.optimizer.frozen:
         items.insert(1, Text(trainable_text(plan)))
+    if plan.model.init is not None:
+        items.insert(1, Text(init_text(plan)))
     if plan.pruning is not None:
         items.insert(4, Text(pruning_text(plan)))
     if plan.hidden_state is not None:

@@ -62,6 +62,9 @@ def test_the_shape_comes_from_config_json_and_a_different_one_is_refused():
     assert (o["d_model"], o["n_layers"], o["n_heads"], o["n_kv_heads"], o["seq_len"]) == (32, 2, 4, 2, 64)
     assert plan.model.init.files == ("model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors",
                                      "model-00003-of-00003.safetensors")
+    from capidsl.plan.render import init_text
+
+    assert "(LlamaForCausalLM, 3 safetensors files, 92.62 KiB F32 → float32): 21 tensors checked" in init_text(plan)
     with pytest.raises(PlanError) as err:
         compile_plan(recipe(FIXTURES / "llama-gqa", ", d_model: 64"))
     assert "model.d_model is 64 in the recipe but 32 in" in str(err.value)
