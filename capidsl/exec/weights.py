@@ -1,8 +1,10 @@
 """Pretrained starting weights placed straight into the plan's shardings.
 
 Each parameter is made with `jax.make_array_from_callback`: every device asks for its own slice,
-and the slice is read from the memory-mapped safetensors files (only the pages it covers), cast to
-the plan's parameter dtype, and put on that device. No host ever holds the whole model, so a model
+and the slice is read from the memory-mapped safetensors files (only the pages it covers, each
+tensor mapped only while it is copied), cast to the plan's parameter dtype in the same pass, and
+put on that device. The copy is deliberate: an array aliasing the file would change or fault if the
+file were rewritten during the run (an export over the directory it started from, say). No host ever holds the whole model, so a model
 larger than one device (or than one host's memory) loads as it is sharded.
 """
 
@@ -43,12 +45,19 @@ def pretrained_params(plan: Plan, mesh, abstract_params, shardings):
         stacked = parts[0][1].layer is not None
 
         def piece(index):
+            """This device's slice, copied out of the file (never aliasing it) once, in the target dtype."""
             if not stacked:
                 tensor, part = parts[0]
-                return np.asarray(view(ckpt.array(tensor.name), tensor, part)[index], dtype=target)
+                return np.array(view(ckpt.array(tensor.name), tensor, part)[index], dtype=target, copy=True)
             layers = range(*index[0].indices(len(parts)))
-            return np.stack([np.asarray(view(ckpt.array(parts[i][0].name), *parts[i])[index[1:]], dtype=target)
-                             for i in layers])
+            out = None
+            for j, i in enumerate(layers):
+                tensor, part = parts[i]
+                one = view(ckpt.array(tensor.name), tensor, part)[index[1:]]
+                if out is None:
+                    out = np.empty((len(layers), *one.shape), target)
+                out[j] = one  # cast and copy in one pass; the layer's mapping closes after it
+            return out
 
         return jax.make_array_from_callback(tuple(leaf.shape), sharding, piece)
 

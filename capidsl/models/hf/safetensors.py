@@ -113,17 +113,18 @@ class Checkpoint:
                 raise ModelError(f"{index} lists {len(stray)} tensor(s) its files do not hold: {', '.join(stray[:4])}",
                                  subject="model.init.from")
         self.files = [self.directory / f for f in files]
-        self._maps: dict[Path, np.memmap] = {}
 
     def array(self, name: str) -> np.ndarray:
-        """The tensor as a read-only memory-mapped array in its stored dtype (no bytes read yet)."""
+        """The tensor as a read-only memory-mapped array in its stored dtype (no bytes read yet).
+
+        Each call maps just this tensor, and the mapping closes when the array (and every view of
+        it) is dropped: pages read for one tensor leave the process's RSS once it is placed, instead
+        of accumulating until the whole checkpoint is mapped in. Copy what you keep: the array
+        aliases the file."""
         t = self.tensors[name]
-        if t.file not in self._maps:
-            self._maps[t.file] = np.memmap(t.file, dtype=np.uint8, mode="r")
-        raw = self._maps[t.file]
-        count = math.prod(t.shape)
-        dt = np.dtype(DTYPES[t.dtype])
-        return raw[t.begin:t.begin + count * dt.itemsize].view(dt).reshape(t.shape)
+        if not t.shape or math.prod(t.shape) == 0:
+            return np.zeros(t.shape, DTYPES[t.dtype])
+        return np.memmap(t.file, dtype=DTYPES[t.dtype], mode="r", offset=t.begin, shape=t.shape)
 
     def nbytes(self) -> int:
         return sum(math.prod(t.shape) * np.dtype(DTYPES[t.dtype]).itemsize for t in self.tensors.values())
