@@ -22,7 +22,7 @@ COMMANDS: dict[str, str] = {
     "plan": "compile a recipe into an execution plan (dry run, any topology)",
     "run": "train: compile the plan and execute it (resumes an existing run directory)",
     "sample": "generate text from a trained run",
-    "export": "export a trained run's model (ONNX, verified by onnxruntime)",
+    "export": "export a trained run's model (ONNX or a Hugging Face directory, verified against JAX)",
     "sync": "upload a run directory to gs:// (completes uploads that failed during the run)",
     "launch": "print launcher files (SLURM, Kubernetes) for a multi-host run of a plan",
     "report": "plot a run's curves to a PNG and print its summary",

@@ -120,7 +120,6 @@ def _entries(layout, arrays: dict):
 def write_directory(directory: Path, arch: str, cfg: dict[str, Any], arrays: dict, tokenizer: str | None) -> int:
     """config.json, model.safetensors (streamed) and the tokenizer, into an existing empty directory;
     the number of tensors written."""
-
     layout = tensors(arch, cfg)
     unplaced = sorted(set(arrays) - set(sources(layout)))
     if unplaced:
