@@ -31,10 +31,11 @@ def init_options(recipe, where) -> tuple[dict[str, Any], dict[str, Any] | None]:
     init = recipe.model.init
     if init is None:
         return options, None
+    from capidsl import rundir
     from capidsl.models.hf.config import SHAPE_KEYS, read_config
 
     source = Path(init["from"]).expanduser()
-    if (source / "plan.json").is_file() and not (source / "config.json").is_file():
+    if rundir.is_run(source) and not (source / "config.json").is_file():
         return _from_run(recipe, source, init.get("step", "last"), where)
     if init.get("step", "last") != "last":
         raise PlanError("model.init.step picks a checkpoint of a capidsl run; a Hugging Face directory has one set "
@@ -106,10 +107,12 @@ def _run_init(src: dict[str, Any], table, where) -> InitPlan:
                         + (f"; and {len(problems) - 8} more" if len(problems) > 8 else ""),
                         subject="model.init.from", location=where("model.init.from"),
                         hint="a run's weights start a model of the same shape: leave its shape keys out of the recipe")
+    from capidsl import rundir
+
     manifest = src["manifest"]
     digest = hashlib.sha256(manifest.read_bytes() if manifest.is_file() else str(src["step"]).encode()).hexdigest()[:20]
     return InitPlan(kind="run", path=str(Path(src["directory"]).resolve()), architecture="capidsl",
-                    files=(f"checkpoints/{src['step']}",), tensors=len(wanted),
+                    files=(rundir.step_rel(src["step"]),), tensors=len(wanted),
                     bytes=sum(int(np.prod(s)) * ITEMSIZE.get(src["params"][p][0], 4) for p, s in wanted.items()),
                     dtypes=tuple(sorted({d for d, _ in src["params"].values()})), digest=digest,
                     tokenizer=src["tokenizer"], step=int(src["step"]))
