@@ -77,6 +77,23 @@ def _creator(plan: Plan):
     return create, box
 
 
+def fresh_adapters(create, abstract_params, shardings) -> dict[str, jax.Array]:
+    """path -> the model's own newly drawn adapter (model.lora), as a model built from scratch draws
+    it; {} without adapters. Only the adapters leave the jitted build: XLA drops the rest of it."""
+    from capidsl.models.family import is_adapter
+
+    paths = [param_path(k) for k, _ in jax.tree_util.tree_leaves_with_path(abstract_params)]
+    if not any(is_adapter(p) for p in paths):
+        return {}
+    placed = {param_path(k): s for k, s in jax.tree_util.tree_leaves_with_path(shardings)}
+
+    def adapters():
+        leaves = jax.tree_util.tree_leaves_with_path(create().params)
+        return {param_path(k): v for k, v in leaves if is_adapter(param_path(k))}
+
+    return jax.jit(adapters, out_shardings={p: placed[p] for p in paths if is_adapter(p)})()
+
+
 def initial_hidden(plan: Plan):
     """Zeros of the plan's carried state (every stream starts from a zero state), or () when none is carried."""
     h = plan.hidden_state
@@ -141,7 +158,8 @@ def init_state(plan: Plan, mesh: Mesh) -> tuple[nnx.GraphDef, TrainState]:
             return graphdef, jax.jit(create, out_shardings=shardings)()
         from capidsl.exec.weights import pretrained_params
 
-        params = pretrained_params(plan, mesh, abstract.params, shardings.params)
+        params = pretrained_params(plan, mesh, abstract.params, shardings.params,
+                                   fresh_adapters(create, abstract.params, shardings.params))
         tx = make_optimizer(plan)
 
         def start(params) -> TrainState:

@@ -19,10 +19,12 @@ from capidsl.exec.mesh import param_path
 from capidsl.plan.plan import Plan
 
 
-def pretrained_params(plan: Plan, mesh, abstract_params, shardings):
-    """The parameter state of `plan.model.init` with `shardings` (a tree like `abstract_params`)."""
+def pretrained_params(plan: Plan, mesh, abstract_params, shardings, fresh: dict | None = None):
+    """The parameter state of `plan.model.init` with `shardings` (a tree like `abstract_params`).
+    `fresh`: path -> newly drawn adapter (model.lora), for the adapters the checkpoint does not hold."""
+    fresh = fresh or {}
     if plan.model.init.kind == "run":
-        return _run_params(plan, mesh, shardings)
+        return _run_params(plan, mesh, abstract_params, shardings, fresh)
     from capidsl.models.errors import ModelError
     from capidsl.models.hf.layout import sources, tensors, view
     from capidsl.models.hf.safetensors import Checkpoint
@@ -38,6 +40,8 @@ def pretrained_params(plan: Plan, mesh, abstract_params, shardings):
 
     def load(keypath, leaf, sharding):
         path = param_path(keypath)
+        if path in fresh:
+            return fresh[path]
         if path not in where:
             raise RunError(f"parameter {path} has no tensor in {init.path}", subject="model.init.from",
                            hint="compile the plan again: the checkpoint or capidsl changed since")
@@ -111,11 +115,12 @@ class _Reader:
         self.scratch = None
 
 
-def _run_params(plan: Plan, mesh, shardings):
+def _run_params(plan: Plan, mesh, abstract_params, shardings, fresh: dict):
     """A capidsl run's parameters at the plan's step, restored into this run's mesh and dtype.
 
     The whole train state of that step is restored (orbax reads what it was written as), sharded
-    as the old plan shards it but on this run's mesh; the optimizer state is then dropped."""
+    as the old plan shards it but on this run's mesh; the optimizer state is then dropped.
+    Adapters the run did not have come from `fresh`."""
     from capidsl import rundir
     from capidsl.exec.checkpoint import Checkpoints
     from capidsl.exec.state import abstract_state
@@ -132,4 +137,12 @@ def _run_params(plan: Plan, mesh, shardings):
     finally:
         ckpts.close()
     target = jnp.dtype(plan.precision.param_dtype)
-    return jax.tree_util.tree_map(lambda a, s: jax.device_put(a.astype(target), s), params, shardings)
+    old_params = {param_path(k): v for k, v in jax.tree_util.tree_leaves_with_path(params)}
+
+    def place(keypath, _, sharding):
+        path = param_path(keypath)
+        if path not in old_params:
+            return fresh[path]
+        return jax.device_put(old_params[path].astype(target), sharding)
+
+    return jax.tree_util.tree_map_with_path(place, abstract_params, shardings)

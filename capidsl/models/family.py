@@ -20,6 +20,16 @@ from capidsl.models.errors import ModelError
 
 LOGICAL_AXES_KEY = "logical_axes"
 
+# The leaf names of low-rank adapters (model.lora; capidsl/models/layers.py's Dense): parameters
+# that train by default when the model has them, and that a pretrained checkpoint does not hold.
+ADAPTER_LEAVES = ("lora_a", "lora_b")
+
+
+def is_adapter(path: str) -> bool:
+    """Whether the dotted parameter path names an adapter matrix."""
+    return path.rsplit(".", 1)[-1] in ADAPTER_LEAVES
+
+
 # The logical axis names the built-in families use (a custom family may add its own).
 LOGICAL_AXES = ("vocab", "embed", "heads", "kv_heads", "mlp", "layers", "norm", "classes", "hidden", "input", "state")
 

@@ -16,6 +16,10 @@ Options (recipe `model:` keys) and their defaults:
     max_positions    seq_len: the longest sequence the model takes (rows of the learned position
                      table); a pretrained model's context, which training may use less of
     norm_eps         1e-5
+    lora             none, or {rank, alpha (= rank), targets (default [attn.q, attn.v]), dropout (0)}:
+                     low-rank adapters on the named projections (attn.q/k/v/o, mlp.gate/up/down);
+                     normalised into lora_rank, lora_alpha, lora_targets, lora_dropout, present
+                     only when adapters are, so a model without them keeps its options unchanged
 GPT-2 small = {vocab_size: 50257, seq_len: 1024, d_model: 768, n_layers: 12, n_heads: 12} (124,439,808
 parameters); Llama-2-7B = {vocab_size: 32000, seq_len: 4096, d_model: 4096, n_layers: 32, n_heads: 32,
 position: rope, norm: rmsnorm, mlp: swiglu, tied_embeddings: false, bias: false} (6,738,415,616).
@@ -31,7 +35,7 @@ import optax
 
 from capidsl.models.errors import ModelError
 from capidsl.models.family import ModelFamily
-from capidsl.models.transformer import GPT, REMAT_POLICIES, GPTConfig
+from capidsl.models.transformer import GPT, LORA_TARGETS, REMAT_POLICIES, GPTConfig, LoRAConfig
 
 DEFAULTS: dict[str, Any] = {
     "vocab_size": None,
@@ -65,6 +69,8 @@ INTS = ("vocab_size", "seq_len", "d_model", "n_layers", "n_heads", "n_kv_heads",
 FLOATS = ("dropout", "rope_theta", "norm_eps", "rope_scaling_factor", "rope_low_freq_factor", "rope_high_freq_factor")
 BOOLS = ("tied_embeddings", "bias")
 SWIGLU_MULTIPLE_OF = 256  # Llama's `multiple_of`
+LORA_KEYS = ("rank", "alpha", "targets", "dropout")
+LORA_DEFAULT_TARGETS = ("attn.q", "attn.v")  # the LoRA paper's choice (Hu et al. 2021, section 7.1)
 
 
 def llama_d_ff(d_model: int, multiple_of: int = SWIGLU_MULTIPLE_OF) -> int:
@@ -77,6 +83,41 @@ def _fail(message: str, key: str, hint: str | None = None):
     raise ModelError(message, subject=f"model.{key}", hint=hint)
 
 
+def _lora(options: dict[str, Any]) -> dict[str, Any] | None:
+    """Take the adapters out of `options`: the recipe's `lora` mapping or a normalised config's
+    lora_* keys, checked and with defaults filled in; None when the model has none."""
+    flat = {k: options.pop(f"lora_{k}") for k in LORA_KEYS if f"lora_{k}" in options}
+    given = options.pop("lora", None)
+    if given is None and not flat:
+        return None
+    if given is not None and flat:
+        _fail("is given twice: as model.lora and as lora_* options", "lora")
+    given = dict(given) if given is not None else flat
+    unknown = sorted(set(given) - set(LORA_KEYS))
+    if unknown:
+        _fail(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}", "lora",
+              hint=f"model.lora takes: {', '.join(LORA_KEYS)}")
+    rank = given.get("rank")
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        _fail(f"must be a positive integer, not {rank!r}", "lora.rank")
+    alpha = given.get("alpha", rank)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+        _fail(f"must be a positive number, not {alpha!r}", "lora.alpha")
+    rate = given.get("dropout", 0.0)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+        _fail(f"must be a number in [0, 1), not {rate!r}", "lora.dropout")
+    targets = given.get("targets", LORA_DEFAULT_TARGETS)
+    if isinstance(targets, str) or not targets:
+        _fail(f"must be a non-empty list of projections, not {targets!r}", "lora.targets",
+              hint=f"choose from {', '.join(LORA_TARGETS)}")
+    bad = [t for t in targets if t not in LORA_TARGETS]
+    if bad:
+        _fail(f"{', '.join(map(repr, bad))} {'is not a projection' if len(bad) == 1 else 'are not projections'}",
+              "lora.targets", hint=f"choose from {', '.join(LORA_TARGETS)}")
+    ordered = [t for t in LORA_TARGETS if t in targets]  # one order, whatever the recipe's: one plan
+    return {"rank": rank, "alpha": float(alpha), "targets": ordered, "dropout": float(rate)}
+
+
 class GPTFamily(ModelFamily):
     """Decoder-only transformer language models (GPT-2 and Llama shapes)."""
 
@@ -85,6 +126,8 @@ class GPTFamily(ModelFamily):
     # -- configuration -------------------------------------------------------------------------
 
     def normalize(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        options = dict(options)
+        lora = _lora(options)
         cfg = self.merge_options(options, DEFAULTS, REQUIRED)
         for k in INTS:
             if cfg[k] is not None and (isinstance(cfg[k], bool) or not isinstance(cfg[k], int) or cfg[k] < 1):
@@ -119,10 +162,19 @@ class GPTFamily(ModelFamily):
             _fail("rope_high_freq_factor must be larger than rope_low_freq_factor", "rope_high_freq_factor")
         if cfg["d_ff"] is None:
             cfg["d_ff"] = 4 * cfg["d_model"] if cfg["mlp"] == "gelu" else llama_d_ff(cfg["d_model"])
+        if lora is not None:
+            if "mlp.gate" in lora["targets"] and cfg["mlp"] != "swiglu":
+                _fail("targets mlp.gate, which only a swiglu MLP has", "lora.targets")
+            cfg.update({f"lora_{k}": v for k, v in lora.items()})
         return cfg
 
     def config(self, cfg: Mapping[str, Any]) -> GPTConfig:
-        return GPTConfig(**self.normalize(cfg))
+        cfg = self.normalize(cfg)
+        lora = None
+        if "lora_rank" in cfg:
+            rank, alpha, targets, rate = (cfg.pop(f"lora_{k}") for k in LORA_KEYS)
+            lora = LoRAConfig(rank=rank, alpha=alpha, targets=tuple(targets), dropout=rate)
+        return GPTConfig(**cfg, lora=lora)
 
     def build(self, cfg, *, rngs, param_dtype, compute_dtype, remat: str = "none"):
         if remat != "none" and remat not in REMAT_POLICIES:
@@ -146,6 +198,16 @@ class GPTFamily(ModelFamily):
         mlp = (3 if c["mlp"] == "swiglu" else 2) * d * c["d_ff"]
         return attn + mlp
 
+    @staticmethod
+    def adapter_params(c: Mapping[str, Any]) -> int:
+        """Adapter scalars of the whole model: rank·(d_in + d_out) per targeted projection per layer."""
+        if "lora_rank" not in c:
+            return 0
+        d, hd, f = c["d_model"], c["d_model"] // c["n_heads"], c["d_ff"]
+        sides = {"attn.q": d + c["n_heads"] * hd, "attn.k": d + c["n_kv_heads"] * hd, "attn.v": d + c["n_kv_heads"] * hd,
+                 "attn.o": c["n_heads"] * hd + d, "mlp.gate": d + f, "mlp.up": d + f, "mlp.down": f + d}
+        return c["n_layers"] * c["lora_rank"] * sum(sides[t] for t in c["lora_targets"])
+
     def param_count(self, cfg) -> int:
         c = self.normalize(cfg)
         d, hd, v = c["d_model"], c["d_model"] // c["n_heads"], c["vocab_size"]
@@ -159,7 +221,7 @@ class GPTFamily(ModelFamily):
             total += c["max_positions"] * d
         if not c["tied_embeddings"]:
             total += d * v
-        return total
+        return total + self.adapter_params(c)
 
     def flops_per_token(self, cfg) -> float:
         """6·N + 12·L·T·d_attn: the PaLM convention (Chowdhery et al. 2022, appendix B).
@@ -167,11 +229,14 @@ class GPTFamily(ModelFamily):
         N counts the parameters that take part in a matmul for every token: the blocks' kernels
         and the output projection d·vocab (tied or not; as nanoGPT's and MaxText's MFU do). It
         leaves out the input embedding and position tables (lookups), biases and norm scales.
+        Adapters count as the matmuls they are (x·A, then ·B); a frozen base weight is still
+        counted at 6 FLOPs per use, as peers count LoRA runs (its input gradient is computed,
+        its weight gradient is not: the true figure is nearer 4·N_frozen).
         The attention term counts QKᵀ and AV over the full T×T square (no causal halving), with
         d_attn = n_heads·head_dim and T = seq_len; forward + backward = 3 × forward.
         """
         c = self.normalize(cfg)
-        n = c["n_layers"] * self._layer_matmul_params(c) + c["d_model"] * c["vocab_size"]
+        n = c["n_layers"] * self._layer_matmul_params(c) + c["d_model"] * c["vocab_size"] + self.adapter_params(c)
         d_attn = c["n_heads"] * (c["d_model"] // c["n_heads"])
         return float(6 * n + 12 * c["n_layers"] * c["seq_len"] * d_attn)
 

@@ -69,19 +69,51 @@ def gathered_rows_table(table: jax.Array) -> jax.Array:
 
 
 class Dense(nnx.Module):
-    """y = x @ kernel (+ bias); kernel [d_in, d_out] with logical axes `axes`, bias on the output axis."""
+    """y = x @ kernel (+ bias); kernel [d_in, d_out] with logical axes `axes`, bias on the output axis.
+
+    With `lora` = (rank, scale, dropout) it also holds a low-rank adapter (Hu et al. 2021):
+    y += scale · dropout(x) @ lora_a @ lora_b, lora_a [d_in, rank] drawn as PEFT draws it
+    (uniform ±1/sqrt(d_in)), lora_b [rank, d_out] zeros, so a new adapter leaves the model as it was."""
 
     def __init__(self, d_in: int, d_out: int, axes: tuple, *, bias: bool, rngs: nnx.Rngs,
-                 param_dtype, compute_dtype, std: float = INIT_STD):
+                 param_dtype, compute_dtype, std: float = INIT_STD, lora: tuple[int, float, float] | None = None):
         self.kernel = param(rngs, (d_in, d_out), param_dtype, axes, std)
         self.bias = param(rngs, (d_out,), param_dtype, axes[-1:], 0.0) if bias else None
         self.compute_dtype = compute_dtype
+        if lora is not None:
+            rank, self.lora_scale, self.lora_dropout = lora
+            self.lora_a = nnx.Param(lora_a_init(adapter_key(rngs), d_in, rank, param_dtype), logical_axes=(axes[0], None))
+            self.lora_b = nnx.Param(jnp.zeros((rank, d_out), param_dtype), logical_axes=(None, axes[1]))
+        else:
+            self.lora_a = self.lora_b = None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        y = x.astype(self.compute_dtype) @ self.kernel[...].astype(self.compute_dtype)
+    def __call__(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
+        """`key`: the adapter's dropout key (None: no dropout)."""
+        x = x.astype(self.compute_dtype)
+        y = x @ self.kernel[...].astype(self.compute_dtype)
+        if self.lora_a is not None:
+            h = dropout(x, self.lora_dropout, key) @ self.lora_a[...].astype(self.compute_dtype)
+            y = y + (h @ self.lora_b[...].astype(self.compute_dtype)) * jnp.asarray(self.lora_scale, self.compute_dtype)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.compute_dtype)
         return y
+
+
+LORA_SALT = 0x10A  # separates the adapters' keys from the weights' own
+
+
+def adapter_key(rngs: nnx.Rngs) -> jax.Array:
+    """A key for this Dense's adapter that leaves the params stream where it was: the base weights
+    draw exactly what a model without adapters draws (adapters added to a model change nothing)."""
+    stream = rngs.params
+    return jax.random.fold_in(jax.random.fold_in(stream.key[...], stream.count[...]), LORA_SALT)
+
+
+def lora_a_init(key: jax.Array, d_in: int, rank: int, dtype) -> jax.Array:
+    """An adapter's down-projection [d_in, rank]: uniform in ±1/sqrt(d_in), as PEFT's
+    kaiming_uniform(a=sqrt(5)) draws it (the up-projection starts at zero)."""
+    bound = 1.0 / d_in ** 0.5
+    return jax.random.uniform(key, (d_in, rank), jnp.float32, -bound, bound).astype(dtype)
 
 
 class Embed(nnx.Module):

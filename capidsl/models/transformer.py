@@ -2,7 +2,8 @@
 
 Learned or rotary positions, LayerNorm or RMSNorm, GELU MLP or SwiGLU, multi-head or grouped-query
 attention (k/v heads repeated to the query heads), tied or untied output embeddings, optional
-biases, dropout. Pre-norm residual blocks, causal attention with a `jnp.tril` mask.
+biases, dropout, low-rank adapters on chosen projections (`LoRAConfig`). Pre-norm residual blocks,
+causal attention with a `jnp.tril` mask.
 
 The `n_layers` blocks are one stacked module: built once under `nnx.vmap` (every parameter gains
 a leading "layers" axis) and run with `jax.lax.scan` over the split state, so tracing, `eval_shape`
@@ -30,6 +31,23 @@ REMAT_POLICIES = {
 }
 
 
+LORA_TARGETS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down")
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """Low-rank adapters: on which projections (names in LORA_TARGETS), of what rank, scaled by alpha / rank."""
+
+    rank: int
+    alpha: float
+    targets: tuple[str, ...]
+    dropout: float
+
+    def on(self, name: str) -> tuple[int, float, float] | None:
+        """The Dense's `lora` argument for projection `name` ("attn.q"), or None when it has no adapter."""
+        return (self.rank, self.alpha / self.rank, self.dropout) if name in self.targets else None
+
+
 @dataclass(frozen=True)
 class GPTConfig:
     """The normalised options (see `capidsl.models.gpt.GPTFamily.normalize`), hashable for the graphdef."""
@@ -55,10 +73,20 @@ class GPTConfig:
     rope_low_freq_factor: float
     rope_high_freq_factor: float
     rope_original_max_len: int
+    lora: LoRAConfig | None = None
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    def adapter(self, name: str) -> tuple[int, float, float] | None:
+        return None if self.lora is None else self.lora.on(name)
+
+    @property
+    def adapter_dropout(self) -> bool:
+        """Whether the adapters take dropout keys (only then are more keys split off: a model
+        without it draws exactly the keys it always drew)."""
+        return self.lora is not None and self.lora.dropout > 0.0
 
 
 def rope_frequencies(c: GPTConfig) -> jax.Array:
@@ -100,20 +128,24 @@ class Attention(nnx.Module):
     def __init__(self, c: GPTConfig, *, rngs, param_dtype, compute_dtype):
         d, hd = c.d_model, c.head_dim
         kw = dict(bias=c.bias, rngs=rngs, param_dtype=param_dtype, compute_dtype=compute_dtype)
-        self.q = Dense(d, c.n_heads * hd, ("embed", "heads"), **kw)
-        self.k = Dense(d, c.n_kv_heads * hd, ("embed", "kv_heads"), **kw)
-        self.v = Dense(d, c.n_kv_heads * hd, ("embed", "kv_heads"), **kw)
+        self.q = Dense(d, c.n_heads * hd, ("embed", "heads"), lora=c.adapter("attn.q"), **kw)
+        self.k = Dense(d, c.n_kv_heads * hd, ("embed", "kv_heads"), lora=c.adapter("attn.k"), **kw)
+        self.v = Dense(d, c.n_kv_heads * hd, ("embed", "kv_heads"), lora=c.adapter("attn.v"), **kw)
         # GPT-2 scales the residual projections' init by 1/sqrt(2·n_layers).
-        self.o = Dense(c.n_heads * hd, d, ("heads", "embed"), std=INIT_STD / math.sqrt(2 * c.n_layers), **kw)
+        self.o = Dense(c.n_heads * hd, d, ("heads", "embed"), std=INIT_STD / math.sqrt(2 * c.n_layers),
+                       lora=c.adapter("attn.o"), **kw)
         self.config, self.compute_dtype = c, compute_dtype
 
     def __call__(self, x: jax.Array, rope, key) -> jax.Array:
         c = self.config
         b, t, _ = x.shape
         hd = c.head_dim
-        q = self.q(x).reshape(b, t, c.n_heads, hd)
-        k = self.k(x).reshape(b, t, c.n_kv_heads, hd)
-        v = self.v(x).reshape(b, t, c.n_kv_heads, hd)
+        kq = kk = kv = ko = None
+        if c.adapter_dropout and key is not None:
+            key, kq, kk, kv, ko = jax.random.split(key, 5)
+        q = self.q(x, kq).reshape(b, t, c.n_heads, hd)
+        k = self.k(x, kk).reshape(b, t, c.n_kv_heads, hd)
+        v = self.v(x, kv).reshape(b, t, c.n_kv_heads, hd)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if c.n_kv_heads != c.n_heads:  # grouped-query attention: each k/v head serves a group of q heads
@@ -125,7 +157,7 @@ class Attention(nnx.Module):
         probs = jax.nn.softmax(scores, axis=-1).astype(self.compute_dtype)
         probs = dropout(probs, c.dropout, key)
         y = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, c.n_heads * hd)
-        return self.o(y)
+        return self.o(y, ko)
 
 
 class FeedForward(nnx.Module):
@@ -134,14 +166,17 @@ class FeedForward(nnx.Module):
     def __init__(self, c: GPTConfig, *, rngs, param_dtype, compute_dtype):
         kw = dict(bias=c.bias, rngs=rngs, param_dtype=param_dtype, compute_dtype=compute_dtype)
         self.kind = c.mlp
-        self.gate = Dense(c.d_model, c.d_ff, ("embed", "mlp"), **kw) if c.mlp == "swiglu" else None
-        self.up = Dense(c.d_model, c.d_ff, ("embed", "mlp"), **kw)
-        self.down = Dense(c.d_ff, c.d_model, ("mlp", "embed"), std=INIT_STD / math.sqrt(2 * c.n_layers), **kw)
+        self.gate = Dense(c.d_model, c.d_ff, ("embed", "mlp"), lora=c.adapter("mlp.gate"), **kw) if c.mlp == "swiglu" else None
+        self.up = Dense(c.d_model, c.d_ff, ("embed", "mlp"), lora=c.adapter("mlp.up"), **kw)
+        self.down = Dense(c.d_ff, c.d_model, ("mlp", "embed"), std=INIT_STD / math.sqrt(2 * c.n_layers),
+                          lora=c.adapter("mlp.down"), **kw)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
+        """`key`: the adapters' dropout key (None: none)."""
+        kg, ku, kd = jax.random.split(key, 3) if key is not None else (None, None, None)
         if self.kind == "swiglu":
-            return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
-        return self.down(jax.nn.gelu(self.up(x), approximate=True))
+            return self.down(jax.nn.silu(self.gate(x, kg)) * self.up(x, ku), kd)
+        return self.down(jax.nn.gelu(self.up(x, ku), approximate=True), kd)
 
 
 class Block(nnx.Module):
@@ -153,12 +188,16 @@ class Block(nnx.Module):
         self.attn = Attention(c, rngs=rngs, **kw)
         self.mlp_norm = Norm(c.d_model, c.norm, bias=c.bias, eps=c.norm_eps, **kw)
         self.mlp = FeedForward(c, rngs=rngs, **kw)
-        self.rate = c.dropout
+        self.rate, self.adapter_dropout = c.dropout, c.adapter_dropout
 
     def __call__(self, x: jax.Array, rope, key) -> jax.Array:
-        k_attn, k_res1, k_res2 = jax.random.split(key, 3) if key is not None else (None, None, None)
+        k_attn, k_res1, k_res2, k_mlp = (None,) * 4
+        if key is not None and self.adapter_dropout:
+            k_attn, k_res1, k_res2, k_mlp = jax.random.split(key, 4)
+        elif key is not None:
+            k_attn, k_res1, k_res2 = jax.random.split(key, 3)
         x = x + dropout(self.attn(self.attn_norm(x), rope, k_attn), self.rate, k_res1)
-        return x + dropout(self.mlp(self.mlp_norm(x)), self.rate, k_res2)
+        return x + dropout(self.mlp(self.mlp_norm(x), k_mlp), self.rate, k_res2)
 
 
 def stacked_blocks(c, *, rngs, param_dtype, compute_dtype, block=None) -> nnx.Module:
@@ -198,7 +237,7 @@ class GPT(nnx.Module):
         t = inputs.shape[-1]
         if t > c.max_positions:
             raise ValueError(f"sequence of {t} tokens is longer than max_positions {c.max_positions}")
-        use_dropout = not deterministic and c.dropout > 0.0
+        use_dropout = not deterministic and (c.dropout > 0.0 or c.adapter_dropout)
         if use_dropout and rngs is None:
             raise ValueError("dropout > 0 and deterministic=False need rngs with a 'dropout' stream")
         keys = jax.random.split(rngs.dropout(), c.n_layers + 1) if use_dropout else None

@@ -86,6 +86,8 @@ def _from_run(recipe, source: Path, step, where) -> tuple[dict[str, Any], dict[s
                         location=where("model.init.from"))
     config = old["model"]["config"]
     before = dict(config) if isinstance(config, dict) else {k: v for k, v in config}
+    if "lora" in recipe.model.options:  # the recipe's adapters replace the run's (normalised as lora_*)
+        before = {k: v for k, v in before.items() if not k.startswith("lora_")}
     options = {**before, **dict(recipe.model.options)}
     changed = [f"{k} {before[k]!r} → {v!r}" for k, v in recipe.model.options.items() if k in before and before[k] != v]
     params = {p["path"]: (p.get("dtype", "float32"), tuple(p["shape"])) for p in old["sharding"]["params"]}
@@ -94,9 +96,12 @@ def _from_run(recipe, source: Path, step, where) -> tuple[dict[str, Any], dict[s
 
 
 def _run_init(src: dict[str, Any], table, where) -> InitPlan:
-    """The InitPlan of a run's checkpoint whose parameters have exactly the model's names and shapes."""
-    wanted = {p.path: tuple(p.shape) for p in table}
+    """The InitPlan of a run's checkpoint whose parameters have exactly the model's names and shapes
+    (adapters the run does not have start fresh: a LoRA fine-tune of a pretrained run)."""
+    from capidsl.models.family import is_adapter
+
     have = {path: shape for path, (_, shape) in src["params"].items()}
+    wanted = {p.path: tuple(p.shape) for p in table if p.path in have or not is_adapter(p.path)}
     problems = [f"missing parameter {p} {list(s)}" for p, s in wanted.items() if p not in have]
     problems += [f"unexpected parameter {p} {list(s)}" for p, s in have.items() if p not in wanted]
     problems += [f"parameter {p}: shape {list(have[p])} in the run, {list(s)} in the model"

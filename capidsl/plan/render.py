@@ -56,9 +56,28 @@ def trainable_text(plan: Plan) -> str:
         n = math.prod(p.shape)
         counts[p.path in frozen] += n
         sizes[p.path in frozen] += n * np.dtype(p.dtype).itemsize
-    return (f"parameters {human_count(counts[False])} trainable ({human_bytes(sizes[False])}), "
+    text = (f"parameters {human_count(counts[False])} trainable ({human_bytes(sizes[False])}), "
             f"{human_count(counts[True])} frozen ({human_bytes(sizes[True])}; {len(frozen)} of "
             f"{len(plan.sharding.params)} tensors: no gradient, no optimizer state)")
+    return text + "\n" + saved_text(plan, frozen)
+
+
+def saved_text(plan: Plan, frozen: set[str]) -> str:
+    """The adapters (model.lora) if any, and the device memory that freezing saves against training
+    every parameter: the frozen parameters' optimizer moments and float32 gradients."""
+    from capidsl.models.family import is_adapter
+    from capidsl.plan.memory import gradient_bytes, optimizer_state_bytes
+
+    o, sh, mesh = plan.optimizer, plan.sharding, plan.mesh
+    saved = (optimizer_state_bytes(o.name, o.momentum, sh, mesh) - optimizer_state_bytes(o.name, o.momentum, sh, mesh, frozenset(frozen))
+             + gradient_bytes(sh) - gradient_bytes(sh, frozenset(frozen)))
+    options = plan.model.options
+    lead = ""
+    if "lora_rank" in options:
+        n = sum(math.prod(p.shape) for p in sh.params if is_adapter(p.path))
+        lead = (f"adapters rank {options['lora_rank']} (scale {options['lora_alpha'] / options['lora_rank']:g}) on "
+                f"{', '.join(options['lora_targets'])}: {human_count(n)} parameters; ")
+    return f"{lead}freezing saves {human_bytes(saved)}/device of optimizer state and gradients against training every parameter"
 
 
 def init_text(plan: Plan) -> str:

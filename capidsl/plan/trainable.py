@@ -4,7 +4,8 @@ A pattern is an `fnmatch` glob over a parameter's dotted path (`blocks.attn.q.ke
 dots, so `blocks.*` is every parameter of the blocks and `*.bias` every bias. A pattern also names
 a module: it matches every parameter under a leading part of the path (`lm_head` is `lm_head.kernel`,
 `blocks.attn` all of attention). Parameters no pattern matches are frozen: no gradient, no
-optimizer state, never changed. Patterns are resolved once, here; the plan records the frozen paths.
+optimizer state, never changed. Low-rank adapters (model.lora) always train. Patterns are resolved
+once, here; the plan records the frozen paths.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import difflib
 from dataclasses import replace
 from fnmatch import fnmatchcase
 
+from capidsl.models.family import is_adapter
 from capidsl.plan.errors import PlanError
 from capidsl.plan.plan import ShardingPlan
 
@@ -28,11 +30,16 @@ def matches(pattern: str, path: str) -> bool:
 def frozen_params(patterns: tuple[str, ...] | None, sharding: ShardingPlan, where) -> tuple[str, ...]:
     """The paths of the parameters that `patterns` leave frozen, in the table's order; () when all train.
 
+    A model with low-rank adapters (model.lora) trains its adapters always and, without patterns,
+    nothing else; patterns then name the base parameters that train beside them (norms, say).
     A pattern that matches no parameter is a PlanError at its list item; an empty list (nothing would
     train) at the key. Patterns that each match something always leave something to train."""
+    paths = [p.path for p in sharding.params]
+    adapters = {path for path in paths if is_adapter(path)}
+    if adapters and not patterns:
+        return tuple(path for path in paths if path not in adapters)
     if patterns is None:
         return ()
-    paths = [p.path for p in sharding.params]
     if not patterns:
         raise PlanError("is empty: no parameter would train", subject="training.trainable",
                         location=where("training.trainable"),
@@ -44,7 +51,8 @@ def frozen_params(patterns: tuple[str, ...] | None, sharding: ShardingPlan, wher
                             location=where(f"training.trainable[{i}]"),
                             hint=(f"did you mean {close[0]!r}? " if close else "")
                             + f"patterns are globs over dotted parameter paths, such as {_some(paths)}")
-    return tuple(path for path in paths if not any(matches(pattern, path) for pattern in patterns))
+    return tuple(path for path in paths
+                 if path not in adapters and not any(matches(pattern, path) for pattern in patterns))
 
 
 def trained(sharding: ShardingPlan, frozen: tuple[str, ...]) -> ShardingPlan:

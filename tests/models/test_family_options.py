@@ -29,7 +29,7 @@ def _branch(family: str) -> dict:
     raise AssertionError(f"the schema has no branch for model family {family!r}")
 
 
-MODEL_KEYS = {"family", "options", "init"}  # keys of `model:` that are not a family's options
+MODEL_KEYS = {"family", "options", "init", "lora"}  # keys of `model:` that are not a family's options (lora: normalised into lora_* keys, present only with adapters)
 
 
 def _schema_options(family: str) -> dict[str, dict]:

@@ -145,3 +145,17 @@ def test_a_run_starts_a_new_run_from_its_parameters(tmp_path):
     with pytest.raises(PlanError) as err:
         compile_plan(tiny(tmp_path / "a", step=", step: 7"))
     assert "has no checkpoint of step 7" in str(err.value)
+    # the same run with adapters added (model.lora): its weights, frozen, and fresh adapters beside them
+    from capidsl.exec.mesh import param_path
+    from capidsl.models.family import is_adapter
+
+    plan = compile_plan(tiny(tmp_path / "a", ", lora: {rank: 2}"))
+    assert plan.model.init.tensors == len(jax.tree_util.tree_leaves(trained))  # adapters are not looked for
+    _, state = init_state(plan, build_mesh(plan))
+    run_params = {param_path(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(trained)}
+    for k, v in jax.tree_util.tree_leaves_with_path(state.params):
+        path = param_path(k)
+        if is_adapter(path):
+            assert path not in run_params and (np.any(v) if path.endswith("lora_a") else not np.any(v)), path
+        else:
+            assert np.array_equal(np.asarray(v), run_params[path]) and path in plan.optimizer.frozen, path
