@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from capidsl.export.errors import ExportError
+from capidsl.models.adapters import base_options
 from capidsl.models.errors import ModelError
 from capidsl.models.hf.config import SHAPE_KEYS, architecture_of, read_config, to_config
 from capidsl.models.hf.layout import mismatches, sources, tensors, view
@@ -71,14 +72,22 @@ class HfExport:
                 f"(tolerance {self.tolerance:g})")
 
 
-def export_params(plan, params):
-    """The parameters to export, as gpt parameters. Today the run's own; a run that trains adapters
-    (model.lora) merges them into the base weights here, so that everything below sees plain gpt."""
-    return params
+def export_params(cfg: dict[str, Any], params):
+    """(the plain gpt model's graphdef, its parameters): the run's own, or with adapters
+    (model.lora) merged into the weights they adapt, so that everything below sees plain gpt."""
+    import jax
+
+    from capidsl.exec.mesh import param_path
+    from capidsl.models.adapters import merge
+
+    graphdef, abstract = _float32_model(base_options(cfg))
+    merged = merge(_by_path(params), cfg)
+    return graphdef, jax.tree_util.tree_map_with_path(lambda k, _: merged[param_path(k)], abstract)
 
 
 def architecture(plan) -> tuple[str, dict[str, Any]]:
-    """(the Hugging Face architecture, the normalised gpt options) of the plan's model, or an ExportError."""
+    """(the Hugging Face architecture, the normalised gpt options, adapters included) of the plan's
+    model, or an ExportError."""
     from capidsl.exec.state import model_family
 
     if plan.model.family != "gpt":
@@ -86,7 +95,7 @@ def architecture(plan) -> tuple[str, dict[str, Any]]:
                           subject="--format hf", hint="export it as ONNX (--format onnx)")
     _, cfg = model_family(plan)
     try:
-        return architecture_of(cfg), cfg
+        return architecture_of(base_options(cfg)), cfg
     except ModelError as err:
         raise ExportError(err.message, subject="--format hf", hint=err.hint) from None
 
@@ -143,18 +152,18 @@ def _tokenizer(plan) -> str | None:
     return path
 
 
-def _float32_model(plan):
-    """(family, graphdef) of the plan's model with float32 parameters and computation."""
+def _float32_model(cfg: dict[str, Any]):
+    """(graphdef, abstract parameters) of the gpt model with options `cfg`, float32 parameters and computation."""
     import jax.numpy as jnp
     from flax import nnx
 
-    from capidsl.exec.state import model_family
+    from capidsl.models import get_family
 
-    fam, cfg = model_family(plan)
+    fam = get_family("gpt")
     abstract = nnx.eval_shape(lambda: fam.build(cfg, rngs=nnx.Rngs(0), param_dtype=jnp.float32,
                                                 compute_dtype=jnp.float32, remat="none"))
-    graphdef, _ = nnx.split(abstract, nnx.Param)
-    return fam, graphdef
+    graphdef, params = nnx.split(abstract, nnx.Param)
+    return graphdef, params
 
 
 def read_back(directory: Path, arch: str, cfg: dict[str, Any], like) -> Any:
@@ -233,7 +242,8 @@ def export_hf(plan, params, step: int, target: str | os.PathLike, *, tolerance: 
     _check_target(target)
     tokenizer = _tokenizer(plan)
     params = jax.tree.map(lambda a: a.astype(jnp.float32) if a.dtype != jnp.float32 else a,
-                          jax.tree.map(jnp.asarray, export_params(plan, params)))
+                          jax.tree.map(jnp.asarray, params))
+    base_graphdef, base = export_params(cfg, params)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     umask = os.umask(0)
@@ -241,10 +251,10 @@ def export_hf(plan, params, step: int, target: str | os.PathLike, *, tolerance: 
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make the export private
     try:
         t0 = time.perf_counter()
-        count = write_directory(tmp, arch, cfg, _by_path(params), tokenizer)
+        count = write_directory(tmp, arch, base_options(cfg), _by_path(base), tokenizer)
         write_s = time.perf_counter() - t0
         t1 = time.perf_counter()
-        diff, rows = _verify(plan, tmp, arch, cfg, params, tolerance, subject=str(target))
+        diff, rows = _verify(plan, tmp, arch, cfg, params, (base_graphdef, base), tolerance, subject=str(target))
         files = tuple(f for f in (CONFIG, WEIGHTS, TOKENIZER) if (tmp / f).is_file())
         size = sum((tmp / f).stat().st_size for f in files)
         _replace(tmp, target)
@@ -255,22 +265,28 @@ def export_hf(plan, params, step: int, target: str | os.PathLike, *, tolerance: 
                     write_s=round(write_s, 3), verify_s=round(time.perf_counter() - t1, 3))
 
 
-def _verify(plan, directory: Path, arch: str, cfg: dict[str, Any], params, tolerance: float, *,
+def _verify(plan, directory: Path, arch: str, cfg: dict[str, Any], params, base, tolerance: float, *,
             subject: str) -> tuple[float, int]:
-    """(max abs logit difference, rows): the re-read directory's model against the run's, or an ExportError."""
+    """(max abs logit difference, rows): the re-read directory's plain model against the run's own
+    (its adapters unmerged: the check covers the merge too), or an ExportError."""
     import jax
     from flax import nnx
 
-    fam, graphdef = _float32_model(plan)
-    written = read_back(directory, arch, cfg, params)
+    from capidsl.models import get_family
+
+    fam = get_family("gpt")
+    graphdef, _ = _float32_model(cfg)
+    base_graphdef, base_params = base
+    written = read_back(directory, arch, base_options(cfg), base_params)
     predict = jax.jit(lambda p, x: fam.predict(nnx.merge(graphdef, p), x))
+    predict_base = jax.jit(lambda p, x: fam.predict(nnx.merge(base_graphdef, p), x))
     rng = np.random.default_rng(plan.seed)
     inputs = rng.integers(0, cfg["vocab_size"], (VERIFY_ROWS, plan.batch.seq_len), dtype=np.int32)
     want = np.asarray(predict(params, inputs), dtype=np.float32)
     if not np.all(np.isfinite(want)):
         raise ExportError("the model's own JAX logits are not finite: there is nothing to verify against",
                           subject=subject, hint="export a checkpoint with finite weights (--step)")
-    got = np.asarray(predict(written, inputs), dtype=np.float32)
+    got = np.asarray(predict_base(written, inputs), dtype=np.float32)
     diff = float(np.max(np.abs(got - want)))
     if not math.isfinite(diff) or diff > tolerance:
         raise ExportError(f"the written directory's logits differ from JAX's by {diff:.3g} (max abs), more than the "
