@@ -49,7 +49,7 @@ def test_resume_safe_changes_keep_the_fingerprint(tiny):
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_every_shipped_recipe_plans_on_a_simulated_cluster(path):
-    devices = 1 if path.stem in ("base", "seed", "batching", "finetune") else 64  # batching: a token budget sized for one CPU; finetune: a tiny fixture model
+    devices = 1 if path.stem in ("base", "seed", "batching", "finetune", "finetune-lora") else 64  # batching: a token budget sized for one CPU; finetune*: a tiny fixture model
     plan = compile_plan(Recipe.from_yaml(path), simulated("h100", devices))
     assert plan.memory.fits, plan.memory
     assert Plan.loads(plan.dumps()) == plan
