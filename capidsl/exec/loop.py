@@ -35,6 +35,7 @@ from capidsl.exec.evaluate import Evaluator, to_device
 from capidsl.exec.judge import Judge, best_metric
 from capidsl.exec.mesh import build_mesh
 from capidsl.exec.metrics import MetricsWriter, device_peak_bytes, host_peak_rss_bytes
+from capidsl.exec.peak import Throughput
 from capidsl.exec.progress import Progress
 from capidsl.exec.resume import check_resume
 from capidsl.exec.signals import Signals
@@ -80,6 +81,7 @@ class _Parts:
     writer: MetricsWriter
     progress: Progress
     loader: Any
+    throughput: Throughput  # the peak per device (measured once here on a CPU) for each line's mfu
 
 
 @dataclass
@@ -96,6 +98,7 @@ class _Position:
     saved_at: int | None = None
     last_row: dict[str, Any] = field(default_factory=dict)
     last_eval: dict[str, Any] = field(default_factory=dict)
+    rates: list[dict[str, Any]] = field(default_factory=list)  # this invocation's log windows, for summary.json
 
     def time_s(self) -> float:
         return self.train_time_s + (time.perf_counter() - self.segment_start)
@@ -151,7 +154,8 @@ def _build(plan: Plan, run_dir: Path, hooks: RunHooks | None, end_step: int, std
     block, blocks = process_rows(plan, mesh)  # this process's rows of each global batch
     loader = _iterator(train_loader(plan.data, global_batch=plan.batch.global_batch,
                                     process_index=block, process_count=blocks))
-    return _Parts(plan, run_dir, mesh, graphdef, abstract, ckpts, writer, progress, loader)
+    return _Parts(plan, run_dir, mesh, graphdef, abstract, ckpts, writer, progress, loader,
+                  Throughput.for_run(plan, mesh.devices.size))
 
 
 def _iterator(loader):
@@ -257,6 +261,8 @@ def _every(n: int | None, step: int) -> bool:
 def _log(parts: _Parts, pos: _Position, metrics: dict[str, jax.Array], hooks: RunHooks | None):
     """Write the log line of this step, start a new window; the stop rule's decision."""
     row = train_row(parts.plan, pos.step, pos.window, metrics)
+    row.update(parts.throughput.fields(row))
+    pos.rates.append({k: row[k] for k in ("step", "step_time_s", "tflops_per_device", "mfu")})
     if hooks is not None:  # a gs:// run directory: uploads_pending, upload_failures
         row.update(hooks.log_fields())
     parts.writer.log(row)
@@ -321,7 +327,7 @@ def _finish(parts: _Parts, pos: _Position, reason: str, by_rule: bool, warned: l
                 "predicted": {"params": m.params, "grads": m.grads, "opt_state": m.opt_state,
                               "activations": m.activations, "batch": m.batch},
                 "device_peak_bytes": device_peak_bytes(), "host_peak_rss_bytes": host_peak_rss_bytes()},
-        warnings=tuple(str(w.message) for w in warned),
+        warnings=tuple(str(w.message) for w in warned), performance=parts.throughput.summary(pos.rates),
     )
     summary.write(parts.run_dir)
     return Finished(summary, params)

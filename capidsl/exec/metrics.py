@@ -22,7 +22,11 @@ from capidsl import rundir
 
 # Keys every training line of metrics.jsonl carries (eval lines carry step, epoch and val_*).
 TRAIN_KEYS = ("step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "step_time_s", "data_wait_s",
-              "device_peak_bytes", "host_peak_rss_bytes")
+              "tflops_per_device", "mfu", "device_peak_bytes", "host_peak_rss_bytes")
+# The keys among them that measure the machine (speed, memory) rather than the computation: they
+# differ between two runs that compute the same thing.
+MEASURED_KEYS = ("tokens_per_s", "step_time_s", "data_wait_s", "tflops_per_device", "mfu", "device_peak_bytes",
+                 "host_peak_rss_bytes")
 
 
 def host_peak_rss_bytes() -> int:

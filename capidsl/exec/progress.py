@@ -66,6 +66,9 @@ class Progress:
         step = int(row["step"])
         stats = (f"loss {_fmt(row.get('loss'), '.4f')}  lr {_fmt(row.get('lr'), '.2e')}  "
                  f"tok/s {_fmt(row.get('tokens_per_s'), ',.0f')}")
+        if "mfu" in row:  # MFU in percent (3 digits: a tiny model on a CPU shows 0.0123%), TFLOP/s per device
+            mfu = row["mfu"] * 100 if isinstance(row["mfu"], (int, float)) else None
+            stats += f"  mfu {_fmt(mfu, '.3g')}%  {_fmt(row.get('tflops_per_device'), '.3g')} TFLOP/s/dev"
         if self.mode == "rich" and self._bar is not None:
             self._bar.update(self._task, completed=step, stats=stats)
         elif self.mode == "plain":

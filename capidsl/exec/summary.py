@@ -78,6 +78,7 @@ class Summary:
     warnings: tuple[str, ...] = field(default=())
     export: dict[str, Any] = field(default_factory=dict)  # the verified export (capidsl.export.onnx.OnnxExport), if any
     storage: dict[str, Any] = field(default_factory=dict)  # a gs:// run directory's uploads (capidsl.storage.mirror)
+    performance: dict[str, Any] = field(default_factory=dict)  # MFU: peak, its source, median window (exec.peak)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -53,10 +53,12 @@ def test_plain_progress_lines_and_rich_bar():
     assert p.mode == "plain"
     p.start(0)
     p.update({"step": 10, "loss": 2.5, "lr": 3e-4, "tokens_per_s": 12345.6})
+    p.update({"step": 20, "loss": 2.0, "lr": 3e-4, "tokens_per_s": 1e6, "mfu": 0.41234, "tflops_per_device": 407.8})
     p.note("stopped at step 10: done")
     p.close()
     text = out.getvalue()
     assert "step 10/100  loss 2.5000  lr 3.00e-04  tok/s 12,346  eta " in text
+    assert "step 20/100  loss 2.0000  lr 3.00e-04  tok/s 1,000,000  mfu 41.2%  408 TFLOP/s/dev  eta " in text
     assert text.endswith("stopped at step 10: done\n")
 
     tty = io.StringIO()
