@@ -21,8 +21,8 @@ from pathlib import Path
 
 from capidsl.errors import UsageError
 
-GPU_KINDS = ("a100-40g", "a100-80g", "h100", "h200")
-TPU_KINDS = ("tpu-v4", "tpu-v5e", "tpu-v5p")
+GPU_KINDS = ("a100-40g", "a100-80g", "h100", "h200", "l4")
+TPU_KINDS = ("tpu-v4", "tpu-v5e", "tpu-v5p", "tpu-v6e")
 K8S_PORT = 55527  # JAX's own default coordinator port for Kubernetes
 SHARED = "/shared"  # where a Kubernetes pod mounts the shared volume
 
@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key (repeatable; passed on to every process)")
     p.add_argument("--devices", type=int, metavar="N", help="devices in the cluster (a recipe needs them)")
-    p.add_argument("--device-kind", metavar="KIND", help="a100-40g, a100-80g, h100, h200, tpu-v4, tpu-v5e, tpu-v5p, cpu")
+    p.add_argument("--device-kind", metavar="KIND", help="a100-40g, a100-80g, h100, h200, l4, tpu-v4, tpu-v5e, tpu-v5p, tpu-v6e, cpu")
     p.add_argument("--processes", type=int, metavar="P", help="hosts (default: the kind's devices per host)")
     p.add_argument("--run-dir", metavar="DIR",
                    help="the run directory every process shares (a shared file system or gs://); default the plan's")

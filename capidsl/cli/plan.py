@@ -15,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a recipe key (repeatable)")
     p.add_argument("--devices", type=int, metavar="N", help="simulate N devices instead of the live machine")
     p.add_argument("--device-kind", default=None, metavar="KIND",
-                   help="cpu, a100-40g, a100-80g, h100, h200, tpu-v4, tpu-v5e, tpu-v5p (with --devices)")
+                   help="cpu, a100-40g, a100-80g, h100, h200, l4, tpu-v4, tpu-v5e, tpu-v5p, tpu-v6e (with --devices)")
     p.add_argument("--device-memory", metavar="BYTES", help="override the memory per device, e.g. 40GiB")
     p.add_argument("--processes", type=int, metavar="P", help="processes (hosts) in the simulated cluster")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")

@@ -17,6 +17,7 @@ from plan_factory import make_plan
 
 from capidsl.exec.checkpoint import MANIFEST, CheckpointWarning
 from capidsl.exec.errors import RunError
+from capidsl.exec.metrics import MEASURED_KEYS
 from capidsl.exec.loop import run
 from capidsl.exec.metrics import TRAIN_KEYS
 from capidsl.lang import parse_stop_rule
@@ -74,7 +75,7 @@ def test_steps_in_pieces_end_bitwise_identical_and_metrics_are_not_repeated(tmp_
     second = run(plan, tmp_path / "pieces")
     assert second.resumed_from == 3 and second.steps == 10
     assert second.params_sha256 == straight.params_sha256
-    assert _lines(tmp_path / "pieces") == [{**x, **{k: y[k] for k in y if k.endswith(("_s", "bytes"))}}
+    assert _lines(tmp_path / "pieces") == [{**x, **{k: y[k] for k in y if k in MEASURED_KEYS or k.endswith(("_s", "bytes"))}}
                                            for x, y in zip(_lines(tmp_path / "straight"), _lines(tmp_path / "pieces"))]
 
 
