@@ -159,3 +159,17 @@ def test_a_run_starts_a_new_run_from_its_parameters(tmp_path):
             assert path not in run_params and (np.any(v) if path.endswith("lora_a") else not np.any(v)), path
         else:
             assert np.array_equal(np.asarray(v), run_params[path]) and path in plan.optimizer.frozen, path
+
+
+def test_placing_copies_cast_and_transpose_exactly_into_aligned_memory():
+    import ml_dtypes
+
+    from capidsl.exec.weights import ALIGN, aligned_empty, copy_into
+
+    stored = np.random.default_rng(0).standard_normal((37, 50)).astype(ml_dtypes.bfloat16)  # nn.Linear [d_out, d_in]
+    for src in (stored.T, stored.T[3:40, 5:30], stored, stored[:, 7:19]):
+        for dtype in (ml_dtypes.bfloat16, np.float32):
+            out = aligned_empty(src.shape, dtype)
+            copy_into(out, src)
+            assert out.ctypes.data % ALIGN == 0 and out.flags.c_contiguous
+            assert np.array_equal(out, np.asarray(src, dtype)), (src.shape, dtype)
