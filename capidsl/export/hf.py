@@ -241,8 +241,7 @@ def export_hf(plan, params, step: int, target: str | os.PathLike, *, tolerance: 
     target = Path(target)
     _check_target(target)
     tokenizer = _tokenizer(plan)
-    params = jax.tree.map(lambda a: a.astype(jnp.float32) if a.dtype != jnp.float32 else a,
-                          jax.tree.map(jnp.asarray, params))
+    params = jax.tree.map(jnp.asarray, params)  # in the run's dtype: each tensor is widened as it is written
     base_graphdef, base = export_params(cfg, params)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))

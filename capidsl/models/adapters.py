@@ -1,8 +1,8 @@
 """Low-rank adapters (model.lora) folded into the weights they adapt: a plain gpt model that computes
 what the adapted one computes, for export (Hugging Face, ONNX) and anything else that wants no adapters.
 
-kernel' = kernel + (alpha / rank) · lora_a @ lora_b, per layer for the stacked blocks, in the
-parameters' own dtype (export passes float32); biases and every other parameter unchanged.
+kernel' = kernel + (alpha / rank) · lora_a @ lora_b, per layer for the stacked blocks, in float32
+(a merged kernel is float32 whatever the run's dtype); biases and every other parameter unchanged.
 """
 
 from __future__ import annotations
@@ -34,6 +34,6 @@ def merge(flat: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
             a, b = flat[f"{module}.lora_a"], flat[f"{module}.lora_b"]
             delta = jnp.einsum("...ir,...ro->...io", a.astype(jnp.float32), b.astype(jnp.float32),
                                precision="highest")
-            value = (value.astype(jnp.float32) + scale * delta).astype(value.dtype)
+            value = value.astype(jnp.float32) + scale * delta  # kept in float32: a bfloat16 merge would round it
         out[path] = value
     return out

@@ -13,6 +13,7 @@ import tracemalloc
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -152,6 +153,32 @@ def test_a_random_llama_shaped_gpt_exports_and_verifies(tmp_path):
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert (config["num_key_value_heads"], config["attention_bias"], config["tie_word_embeddings"]) == (2, True, False)
     assert "model.layers.1.self_attn.k_proj.bias" in tensors_of(tmp_path / "out")
+
+
+def test_a_bfloat16_lora_run_exports_its_adapters_merged_in_float32(tmp_path):
+    """Adapters that have trained (lora_b not zero) on bfloat16 weights: the file holds kernel + scale·A@B
+    computed in float32 (a bfloat16 merge would round it past the tolerance), and the check passes."""
+    from capidsl.exec.mesh import param_path
+
+    plan = compile_plan(Recipe.from_text("""
+model: {family: gpt, vocab_size: 256, seq_len: 16, d_model: 32, n_layers: 2, n_heads: 4, position: rope,
+        norm: rmsnorm, mlp: swiglu, d_ff: 48, tied_embeddings: false, bias: false,
+        lora: {rank: 2, alpha: 8, targets: [attn.q, mlp.down]}}
+data: {source: synthetic, synthetic_examples: 64}
+training: {batch_size: 8, duration: "2 steps"}
+precision: {params: bfloat16, compute: bfloat16}
+"""))
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map_with_path(
+        lambda k, v: jnp.asarray(rng.normal(0, 0.3, v.shape), v.dtype) if param_path(k).endswith("lora_b") else v,
+        one_device_params(plan))
+    result = export_hf(plan, params, 0, tmp_path / "out")
+    assert result.max_abs_diff <= 1e-4 and result.tensors == 21  # a plain Llama: no adapter tensors
+    flat = {param_path(k): np.asarray(v, np.float32) for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    q = flat["blocks.attn.q.kernel"][1] + 4.0 * flat["blocks.attn.q.lora_a"][1] @ flat["blocks.attn.q.lora_b"][1]
+    written = tensors_of(tmp_path / "out")["model.layers.1.self_attn.q_proj.weight"]
+    np.testing.assert_allclose(written, q.T, rtol=0, atol=1e-6)
+    assert np.max(np.abs(written - q.T.astype(jnp.bfloat16).astype(np.float32))) > 1e-4  # not rounded to bfloat16
 
 
 def test_a_failed_verification_leaves_the_target_untouched(tmp_path, monkeypatch):
