@@ -112,6 +112,8 @@ def _entries(layout, arrays: dict):
     """(name, dtype, shape, producer) per checkpoint tensor; a producer fetches its layer slices when called."""
     import jax.numpy as jnp
 
+    from capidsl.exec.weights import copy_into
+
     def producer(t):
         def produce():
             out = np.empty(t.shape, DTYPE)
@@ -119,7 +121,7 @@ def _entries(layout, arrays: dict):
                 piece = arrays[p.path] if p.layer is None else arrays[p.path][p.layer]
                 host = np.asarray(piece.astype(jnp.float32))
                 cols = slice(None) if p.columns is None else slice(*p.columns)
-                out[..., cols] = host.T if t.transpose else host
+                copy_into(out[..., cols], host.T if t.transpose else host)  # transposes in row blocks
             return out
         return produce
 
@@ -276,15 +278,15 @@ def _verify(plan, directory: Path, arch: str, cfg: dict[str, Any], params, base,
     fam = get_family("gpt")
     graphdef, _ = _float32_model(cfg)
     base_graphdef, base_params = base
-    written = read_back(directory, arch, base_options(cfg), base_params)
     predict = jax.jit(lambda p, x: fam.predict(nnx.merge(graphdef, p), x))
     predict_base = jax.jit(lambda p, x: fam.predict(nnx.merge(base_graphdef, p), x))
     rng = np.random.default_rng(plan.seed)
     inputs = rng.integers(0, cfg["vocab_size"], (VERIFY_ROWS, plan.batch.seq_len), dtype=np.int32)
-    want = np.asarray(predict(params, inputs), dtype=np.float32)
-    if not np.all(np.isfinite(want)):
+    want = np.asarray(predict(params, inputs), dtype=np.float32)  # first: its float32 temporaries are gone
+    if not np.all(np.isfinite(want)):                             # before the re-read model is made
         raise ExportError("the model's own JAX logits are not finite: there is nothing to verify against",
                           subject=subject, hint="export a checkpoint with finite weights (--step)")
+    written = read_back(directory, arch, base_options(cfg), base_params)
     got = np.asarray(predict_base(written, inputs), dtype=np.float32)
     diff = float(np.max(np.abs(got - want)))
     if not math.isfinite(diff) or diff > tolerance:
