@@ -46,13 +46,16 @@ def model_family(plan: Plan):
 
 
 def build_model(plan: Plan, fam, cfg, rngs: nnx.Rngs):
-    """The model exactly as the plan says: dtypes and rematerialisation included."""
+    """The model exactly as the plan says: dtypes, rematerialisation and attention kernel included (the
+    kernel is passed only when the plan chose a fused one, so a family without one never sees it)."""
+    kernel = {} if plan.model.attention == "xla" else {"attention": plan.model.attention}
     return fam.build(
         cfg,
         rngs=rngs,
         param_dtype=dtype(plan.precision.param_dtype),
         compute_dtype=dtype(plan.precision.compute_dtype),
         remat=plan.model.remat,
+        **kernel,
     )
 
 

@@ -27,6 +27,7 @@ position: rope, norm: rmsnorm, mlp: swiglu, tied_embeddings: false, bias: false}
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,7 +36,7 @@ import optax
 
 from capidsl.models.errors import ModelError
 from capidsl.models.family import ModelFamily
-from capidsl.models.transformer import GPT, LORA_TARGETS, REMAT_POLICIES, GPTConfig, LoRAConfig
+from capidsl.models.transformer import ATTENTION, GPT, LORA_TARGETS, REMAT_POLICIES, GPTConfig, LoRAConfig
 
 DEFAULTS: dict[str, Any] = {
     "vocab_size": None,
@@ -176,10 +177,18 @@ class GPTFamily(ModelFamily):
             lora = LoRAConfig(rank=rank, alpha=alpha, targets=tuple(targets), dropout=rate)
         return GPTConfig(**cfg, lora=lora)
 
-    def build(self, cfg, *, rngs, param_dtype, compute_dtype, remat: str = "none"):
+    def build(self, cfg, *, rngs, param_dtype, compute_dtype, remat: str = "none", attention: str = "xla"):
+        """`attention`: the kernel the plan chose (capidsl/plan/kernels.py; ATTENTION), passed only when not "xla"."""
         if remat != "none" and remat not in REMAT_POLICIES:
             _fail(f"remat must be none, full or dots, not {remat!r}", "remat")
-        return GPT(self.config(cfg), rngs=rngs, param_dtype=param_dtype, compute_dtype=compute_dtype, remat=remat)
+        if attention not in ATTENTION:
+            raise ModelError(f"unknown attention kernel {attention!r}", subject="model gpt",
+                             hint=f"one of {', '.join(ATTENTION)}")
+        c = self.config(cfg)
+        if attention != "xla" and c.dropout > 0.0:
+            _fail(f"attention probability dropout needs the xla attention, not {attention}", "dropout")
+        c = dataclasses.replace(c, attention=attention) if attention != "xla" else c
+        return GPT(c, rngs=rngs, param_dtype=param_dtype, compute_dtype=compute_dtype, remat=remat)
 
     def num_layers(self, cfg) -> int:
         return int(cfg["n_layers"])

@@ -3,7 +3,8 @@
 Learned or rotary positions, LayerNorm or RMSNorm, GELU MLP or SwiGLU, multi-head or grouped-query
 attention (k/v heads repeated to the query heads), tied or untied output embeddings, optional
 biases, dropout, low-rank adapters on chosen projections (`LoRAConfig`). Pre-norm residual blocks,
-causal attention with a `jnp.tril` mask.
+causal attention with a `jnp.tril` mask, or, where the plan chose it (capidsl/plan/kernels.py), cuDNN's
+fused attention (`GPTConfig.attention`; see `fused_attention`).
 
 The `n_layers` blocks are one stacked module: built once under `nnx.vmap` (every parameter gains
 a leading "layers" axis) and run with `jax.lax.scan` over the split state, so tracing, `eval_shape`
@@ -22,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from capidsl.models.errors import ModelError
 from capidsl.models.family import LOGICAL_AXES_KEY
 from capidsl.models.layers import INIT_STD, Dense, Embed, Norm, dropout, matmul_f32, shard_rows
 
@@ -30,6 +32,10 @@ REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
+
+# xla: the einsum formulation below (saves the T×T probabilities); cudnn: jax.nn.dot_product_attention's
+# fused kernel (GPU only); recompute: XLA keeping only what cudnn keeps (the plan traces it for cudnn).
+ATTENTION = ("xla", "cudnn", "recompute")
 
 LORA_TARGETS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down")
 
@@ -74,6 +80,7 @@ class GPTConfig:
     rope_high_freq_factor: float
     rope_original_max_len: int
     lora: LoRAConfig | None = None
+    attention: str = "xla"  # the kernel (ATTENTION): a build argument from the plan, not a recipe option
 
     @property
     def head_dim(self) -> int:
@@ -122,6 +129,46 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return (xf * cos + rotated * sin).astype(x.dtype)
 
 
+def _xla_attention(q, k, v):
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
+
+
+@jax.custom_vjp
+def recomputed_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Causal attention by XLA that keeps for the backward only what cuDNN's fused kernel keeps: q, k, v
+    and the float32 logsumexp per row and head (the output, which cuDNN also keeps, is the o projection's
+    input already); the backward recomputes the probabilities. Runs anywhere; the plan traces it in
+    place of "cudnn" (which cannot be traced without a GPU) to count the fused kernel's residuals."""
+    return _xla_attention(q, k, v)
+
+
+def _recomputed_fwd(q, k, v):
+    out, lse = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla", return_residual=True)
+    return out, (q, k, v, lse.astype(jnp.float32))
+
+
+def _recomputed_bwd(res, g):
+    q, k, v, _ = res  # the logsumexp is held as cuDNN holds it; XLA's backward recomputes it
+    return jax.vjp(_xla_attention, q, k, v)[1](g)
+
+
+recomputed_attention.defvjp(_recomputed_fwd, _recomputed_bwd)
+
+
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, implementation: str) -> jax.Array:
+    """Causal attention [B, T, heads, head_dim] with k, v [B, T, kv_heads, head_dim] (kv_heads dividing
+    heads), scaled by 1/sqrt(head_dim): cuDNN's fused kernel ("cudnn", NVIDIA GPUs only: bfloat16 or
+    float16, head_dim a multiple of 8 up to 128, 256 on Hopper) or its memory stand-in ("recompute").
+    "cudnn" on another backend is a ModelError (jax itself would say only "cuDNN is not detected")."""
+    if implementation == "cudnn":
+        if jax.default_backend() != "gpu":
+            raise ModelError(f"the plan's attention kernel is cudnn, which runs only on an NVIDIA GPU, and JAX here "
+                             f"runs on {jax.default_backend()}", subject="model gpt",
+                             hint="plan for the devices that run it (a GPU plan's estimate already counts the fused kernel)")
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+    return recomputed_attention(q, k, v)
+
+
 class Attention(nnx.Module):
     """Causal self-attention; q/o over "heads" (n_heads·head_dim), k/v over "kv_heads"."""
 
@@ -148,6 +195,8 @@ class Attention(nnx.Module):
         v = self.v(x, kv).reshape(b, t, c.n_kv_heads, hd)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if c.attention != "xla":  # fused: k/v keep their n_kv_heads (grouped-query attention is native)
+            return self.o(fused_attention(q, k, v, c.attention).reshape(b, t, c.n_heads * hd), ko)
         if c.n_kv_heads != c.n_heads:  # grouped-query attention: each k/v head serves a group of q heads
             k = jnp.repeat(k, c.n_heads // c.n_kv_heads, axis=2)
             v = jnp.repeat(v, c.n_heads // c.n_kv_heads, axis=2)

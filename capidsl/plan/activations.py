@@ -13,6 +13,12 @@ Residual sizes are affine in the number of rows, so two traces (2 and 4 rows) gi
 for every micro-batch `micro_batch: auto` tries. For the backward's working set the model also
 needs the largest tensor one layer produces; under remat that comes from a second pair of traces
 of the same model without remat (the layer the backward recomputes).
+
+The attention kernel is traced as `kernels.TRACED_AS` says: cuDNN's fused kernel cannot be traced on
+a machine without a GPU (jax raises `RuntimeError: cuDNN is not detected`), and a GPU plan is often
+made on a CPU, so a "cudnn" plan traces the gpt's "recompute" attention instead, which keeps exactly
+the residuals cuDNN's backward reads (q, k, v, a float32 logsumexp per row and head) and no T×T
+scores: the count is the fused kernel's, whatever machine makes the plan.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import functools
 import math
 from dataclasses import dataclass
 
+from capidsl.plan.kernels import TRACED_AS, XLA
 from capidsl.plan.plan import MeshPlan, ShardingPlan
 from capidsl.plan.propagate import Placement, Propagation, divisor
 
@@ -68,15 +75,17 @@ def _itemsize(dtype) -> int:
 
 
 def saved_residuals(family, cfg: dict, *, rows: int, sharding: ShardingPlan, mesh: MeshPlan, param_dtype: str,
-                    compute_dtype: str, remat: str) -> list[Residual]:
-    """The residuals of `family.loss` for `rows` rows on one device, arguments (parameters, batch) left out."""
+                    compute_dtype: str, remat: str, attention: str = XLA) -> list[Residual]:
+    """The residuals of `family.loss` for `rows` rows on one device, arguments (parameters, batch) left out;
+    `attention` is the plan's kernel (traced as its stand-in, TRACED_AS; the argument only when not xla)."""
     import jax
     import jax.numpy as jnp
     from jax.extend.core import Literal
     from flax import nnx
 
+    kernel = {} if attention == XLA else {"attention": TRACED_AS[attention]}
     abstract = nnx.eval_shape(lambda: family.build(cfg, rngs=nnx.Rngs(0), param_dtype=jnp.dtype(param_dtype),
-                                                   compute_dtype=jnp.dtype(compute_dtype), remat=remat))
+                                                   compute_dtype=jnp.dtype(compute_dtype), remat=remat, **kernel))
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
     batch = {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in family.batch_shapes(cfg, rows).items()}
 
@@ -143,22 +152,22 @@ def _layer_tensors(res: list[Residual]) -> list[int]:
 
 @functools.lru_cache(maxsize=32)
 def traced_model(family, options: tuple, sharding: ShardingPlan, mesh: MeshPlan, param_dtype: str,
-                 compute_dtype: str, remat: str) -> tuple[ActivationModel | None, str | None]:
+                 compute_dtype: str, remat: str, attention: str = XLA) -> tuple[ActivationModel | None, str | None]:
     """(`activation_model(...)`, None), or (None, why) when the family's loss cannot be traced abstractly
     (the memory estimate then falls back to the family's own formula). Cached: planning traces once."""
     try:
-        return activation_model(family, options, sharding, mesh, param_dtype, compute_dtype, remat), None
+        return activation_model(family, options, sharding, mesh, param_dtype, compute_dtype, remat, attention), None
     except Exception as err:  # any failure of a third-party family's code under tracing: say it, fall back
         return None, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:200]
 
 
 def activation_model(family, options: tuple, sharding: ShardingPlan, mesh: MeshPlan, param_dtype: str,
-                     compute_dtype: str, remat: str) -> ActivationModel:
+                     compute_dtype: str, remat: str, attention: str = XLA) -> ActivationModel:
     """Traces of the family's loss at PROBE_ROWS rows (and, under remat, without remat), made affine in the rows.
 
     `options` is the normalised config as sorted (key, value) pairs (hashable, for the cache)."""
     cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options}
-    kw = dict(sharding=sharding, mesh=mesh, param_dtype=param_dtype, compute_dtype=compute_dtype)
+    kw = dict(sharding=sharding, mesh=mesh, param_dtype=param_dtype, compute_dtype=compute_dtype, attention=attention)
     traces = [saved_residuals(family, cfg, rows=n, remat=remat, **kw) for n in PROBE_ROWS]
     plain = traces if remat == "none" else [saved_residuals(family, cfg, rows=n, remat="none", **kw) for n in PROBE_ROWS]
     if len({len(t) for t in traces}) > 1 or len({len(t) for t in plain}) > 1:  # structure varies: totals only

@@ -1,10 +1,11 @@
 """compile_plan: a validated Recipe (canonical fields only) → a frozen Plan, for the live or a simulated topology.
 
 Order of decisions: topology → mesh → model shapes (nnx.eval_shape, nothing allocated; shapes.py)
-→ batching (auto micro-batch by the memory estimate; batching.py) → data and steps per epoch
-(data.py) → run length, schedule, cadences, stop rule (cadences.py) → lints → estimates. Each step
-is a function of the earlier steps' results. Every error points at the recipe key (file:line:col)
-that caused it, whichever package raised it: a ModelError or DataError is placed here.
+→ attention kernel (by device kind, dtype and head size; kernels.py) → batching (auto micro-batch
+by the memory estimate; batching.py) → data and steps per epoch (data.py) → run length, schedule,
+cadences, stop rule (cadences.py) → lints → estimates. Each step is a function of the earlier
+steps' results. Every error points at the recipe key (file:line:col) that caused it, whichever
+package raised it: a ModelError or DataError is placed here.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import dataclasses
 from capidsl.data.errors import DataError
 from capidsl.families import BUILTIN_FAMILIES
 from capidsl.models.errors import ModelError
-from capidsl.plan import comms, flops, lints, pruning
+from capidsl.plan import comms, flops, kernels, lints, pruning
 from capidsl.plan.batching import Batching, plan_batching
 from capidsl.plan.cadences import Cadences, plan_cadences, total_steps
 from capidsl.plan.data import DataLayout, plan_data
@@ -50,8 +51,10 @@ def _compile(recipe, topology: Topology, where, progress=None) -> Plan:
     mesh, mesh_lints = layout({"data": recipe.mesh.data, "fsdp": recipe.mesh.fsdp, "tensor": recipe.mesh.tensor},
                               topology, where("mesh"))
     model = plan_model_shapes(recipe, mesh, where)
+    attention = kernels.plan_attention(recipe.model.family, model.cfg, topology.device_kind, model.precision.compute_dtype)
     frozen = frozen_params(recipe.training.trainable, model.sharding, where)  # training.trainable's complement
-    batching = plan_batching(recipe.training, topology, mesh, _workload(recipe, model, mesh, topology, frozen), where)
+    batching = plan_batching(recipe.training, topology, mesh, _workload(recipe, model, mesh, topology, frozen, attention),
+                             where)
     data_config = recipe.data
     if model.tokenizer and not recipe.written("data.tokenizer"):  # a pretrained model's own tokenizer, unless the recipe names one
         data_config = dataclasses.replace(data_config, tokenizer=model.tokenizer)
@@ -64,7 +67,7 @@ def _compile(recipe, topology: Topology, where, progress=None) -> Plan:
     found = _lints(cadences, data, where)
     memory, memory_lints = _memory(batching, data)
     return _assemble(recipe, topology, mesh, model, batching, data, cadences, memory,
-                     lints=tuple(mesh_lints + found + memory_lints + list(data.lints)), frozen=frozen)
+                     lints=tuple(mesh_lints + found + memory_lints + list(data.lints)), frozen=frozen, attention=attention)
 
 
 def _where(recipe):
@@ -100,14 +103,16 @@ def _placed(err, message: str, key: str, where) -> PlanError:
     return PlanError(message, subject=key if names_a_key else err.subject or key, location=where(key), hint=err.hint)
 
 
-def _workload(recipe, model: ModelShapes, mesh: MeshPlan, topology: Topology, frozen: tuple[str, ...] = ()) -> Workload:
+def _workload(recipe, model: ModelShapes, mesh: MeshPlan, topology: Topology, frozen: tuple[str, ...] = (),
+              attention: str = kernels.XLA) -> Workload:
     """The memory estimate's inputs besides the batch shape (pruning masks count as state; frozen
-    parameters have no gradient or optimizer state)."""
+    parameters have no gradient or optimizer state; a fused attention kernel saves no T×T scores)."""
     p = recipe.pruning
     pruned = pruning.pruned_params(trained(model.sharding, frozen), p.embeddings)
     masks = pruning.mask_bytes(pruned) if p.schedule is not None else 0
     return Workload(model=model, mesh=mesh, optimizer=recipe.optimizer.name, momentum=recipe.optimizer.momentum,
-                    device_memory=topology.memory_per_device, state_bytes=masks, frozen=frozenset(frozen))
+                    device_memory=topology.memory_per_device, state_bytes=masks, frozen=frozenset(frozen),
+                    attention=attention)
 
 
 def _lints(cadences: Cadences, data: DataLayout, where) -> list[Lint]:
@@ -142,14 +147,16 @@ def _memory(batching: Batching, data: DataLayout):
 
 
 def _assemble(recipe, topology: Topology, mesh: MeshPlan, model: ModelShapes, batching: Batching, data: DataLayout,
-              cadences: Cadences, memory, lints: tuple[Lint, ...], frozen: tuple[str, ...] = ()) -> Plan:
+              cadences: Cadences, memory, lints: tuple[Lint, ...], frozen: tuple[str, ...] = (),
+              attention: str = kernels.XLA) -> Plan:
     """The Plan from the steps' results, with the FLOP and communication estimates they imply."""
     t, o, batch, fam, precision = recipe.training, recipe.optimizer, data.batch, model.family, model.precision
     return Plan(
         version=PLAN_VERSION, name=recipe.name or "recipe", seed=int(t.seed), run_dir=recipe.run_dir or "runs/recipe",
         topology=topology, mesh=mesh,
         model=ModelPlan(family=recipe.model.family, config=freeze_options(model.cfg),
-                        param_count=fam.param_count(model.cfg), remat=model.remat, init=model.init),
+                        param_count=fam.param_count(model.cfg), remat=model.remat, init=model.init,
+                        attention=attention),
         sharding=model.sharding, precision=precision, batch=batch,
         optimizer=OptimizerPlan(name=o.name, beta1=float(o.beta1), beta2=float(o.beta2), epsilon=float(o.epsilon),
                                 weight_decay=float(o.weight_decay), momentum=float(o.momentum), nesterov=bool(o.nesterov),

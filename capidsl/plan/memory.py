@@ -8,7 +8,8 @@ A frozen parameter (`training.trainable`) counts as a parameter only: it has no 
 Temporaries (XLA's `temp_size_in_bytes`), a sum of terms, each something the step really holds:
   saved activations   every residual `jax.vjp` of the family's loss keeps for the backward pass, for
                       one device's micro-batch, divided by the mesh axes that split it
-                      (capidsl/plan/activations.py); the family's own per-layer formula
+                      (capidsl/plan/activations.py; with the plan's fused attention kernel, what it
+                      keeps: no T×T scores); the family's own per-layer formula
                       (Korthikanti et al. 2022 for transformers) only if the loss cannot be traced
   backward working    2 × the largest tensor one layer saves (the cotangent coming in and the one
                       going out of its backward); under remat 3 × (the recomputed tensor as well),
@@ -95,11 +96,13 @@ def _formula_activations(family, cfg, micro_batch, compute_bytes, remat, tensor,
 
 def estimate(*, family, cfg: dict, sharding: ShardingPlan, mesh: MeshPlan, optimizer: str, momentum: float,
              micro_batch: int, rows_per_device: int, batch_shapes: dict, compute_dtype: str, remat: str,
-             device_memory: int, state_bytes: int = 0, frozen: frozenset[str] = frozenset()) -> MemoryEstimate:
+             device_memory: int, state_bytes: int = 0, frozen: frozenset[str] = frozenset(),
+             attention: str = "xla") -> MemoryEstimate:
     """The estimate for one device holding `micro_batch` rows per micro-step and `rows_per_device` per step.
 
     `state_bytes`: training state besides parameters and optimizer moments (pruning masks, a carried
     recurrent state), per device. `frozen`: parameters that do not train (no gradient, no moments).
+    `attention`: the plan's attention kernel (capidsl/plan/kernels.py); "cudnn" saves no T×T scores.
     FITS is judged on `total` = arguments + the temporaries' terms."""
     params = sum(p.bytes_per_device for p in sharding.params)
     opt = optimizer_state_bytes(optimizer, momentum, sharding, mesh, frozen)
@@ -110,14 +113,15 @@ def estimate(*, family, cfg: dict, sharding: ShardingPlan, mesh: MeshPlan, optim
         batch += row * rows_per_device
 
     param_dtype = sharding.params[0].dtype if sharding.params else "float32"
-    model, reason = traced_model(family, freeze_options(cfg), sharding, mesh, param_dtype, compute_dtype, remat)
+    model, reason = traced_model(family, freeze_options(cfg), sharding, mesh, param_dtype, compute_dtype, remat, attention)
     if model is not None:
         saved = model.saved_bytes(micro_batch)
         whole_layer = model.recompute and mesh.size("tensor") > 1
         working = model.layer_bytes(micro_batch) if whole_layer else \
             (3 if model.recompute else 2) * model.largest_layer_tensor(micro_batch)
         work = "one recomputed layer" if whole_layer else f"{3 if model.recompute else 2}× the largest layer tensor"
-        formula = (f"temp = saved residuals (jax.vjp of the {family.name} loss, {micro_batch} rows/device, "
+        kernel = f", {attention} attention" if attention != "xla" else ""
+        formula = (f"temp = saved residuals (jax.vjp of the {family.name} loss{kernel}, {micro_batch} rows/device, "
                    f"split as the mesh splits them) + {work} "
                    "+ f32 grads + " + ("max(optimizer copy, accumulation)" if rows_per_device > micro_batch else "optimizer copy")
                    + (" + FSDP gathered layer" if mesh.size("fsdp") > 1 else "") + "; see docs/plan.md")
@@ -150,6 +154,7 @@ class Workload:
     device_memory: int
     state_bytes: int  # training state besides parameters and moments (pruning masks, a carried state)
     frozen: frozenset[str] = frozenset()  # parameters without gradients or moments (training.trainable)
+    attention: str = "xla"  # the attention kernel (capidsl/plan/kernels.py)
 
     def at(self, micro: int, accumulation: int, seq_len: int | None = None) -> MemoryEstimate:
         """The estimate for `micro` rows per device and micro-step, `accumulation` micro-steps, rows of `seq_len`."""
@@ -159,4 +164,4 @@ class Workload:
                         momentum=self.momentum, micro_batch=micro, rows_per_device=micro * accumulation,
                         batch_shapes=m.family.batch_shapes(cfg, 1), compute_dtype=m.precision.compute_dtype,
                         remat=m.remat, device_memory=self.device_memory, state_bytes=self.state_bytes,
-                        frozen=self.frozen)
+                        frozen=self.frozen, attention=self.attention)

@@ -128,6 +128,9 @@ class ModelPlan:
     param_count: int
     remat: str  # none | full | dots
     init: InitPlan | None = None  # random weights when None
+    # the attention kernel (capidsl/plan/kernels.py): xla | cudnn. Chosen from the topology's device kind,
+    # so resume-safe like the topology (not fingerprinted), and left out of the JSON when xla.
+    attention: str = "xla"
 
     @property
     def options(self) -> dict[str, Any]:
@@ -422,6 +425,8 @@ class Plan:
             del data["optimizer"]["frozen"]
         if self.model.init is None:  # random weights: the JSON of a plan without init
             del data["model"]["init"]
+        if self.model.attention == "xla":  # XLA's attention: the JSON of a plan without the field
+            del data["model"]["attention"]
         return data
 
     @classmethod
@@ -440,6 +445,7 @@ class Plan:
         """Hash of everything that must not change on resume (shapes, dtypes, data, optimizer, seed)."""
         data = {k: v for k, v in self.to_json().items() if k not in RESUME_SAFE}
         data["data"] = {k: v for k, v in data["data"].items() if k != "cache"}  # where the stores are kept
+        data["model"] = {k: v for k, v in data["model"].items() if k != "attention"}  # follows the device kind
         return content_hash(data)
 
     def canonical(self) -> str:

@@ -11,6 +11,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from capidsl.plan.kernels import FUSED_FAMILIES
+from capidsl.plan.kernels import describe as describe_kernel
 from capidsl.plan.mesh import describe as describe_mesh
 from capidsl.plan.plan import Plan
 
@@ -176,7 +178,8 @@ def render(plan: Plan) -> Group:
     b = plan.batch
     batching = Text(f"batch {b.global_batch} = micro {b.micro_batch} × accumulation {b.accumulation} × data-parallel "
                     f"{b.data_parallel}   precision {plan.precision.param_dtype}/{plan.precision.compute_dtype}/"
-                    f"{plan.precision.output_dtype}   optimizer {plan.optimizer.name}   remat {plan.model.remat}")
+                    f"{plan.precision.output_dtype}   optimizer {plan.optimizer.name}   remat {plan.model.remat}"
+                    + (f"   attention {describe_kernel(plan.model.attention)}" if plan.model.family in FUSED_FAMILIES else ""))
     evals = f"eval every {c.eval_every} steps ({c.eval_batches} batches)" if c.eval_every else "no evaluation"
     ckpts = f"checkpoint every {c.checkpoint_every} steps" if c.checkpoint_every else "checkpoint at the end"
     cad = Text(f"schedule {plan.schedule.text}\nstop {plan.stop.rule or 'at the end'}   {evals}   "

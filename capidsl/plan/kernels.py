@@ -1,0 +1,48 @@
+"""The attention kernel a plan chooses: cuDNN's fused attention where it runs, XLA's formulation elsewhere.
+
+The choice is a pure function of the topology's device kind and the model (no JAX import), so a plan
+for an H100 cluster made on a laptop chooses what the cluster will run. cuDNN's flash attention
+(`jax.nn.dot_product_attention(..., implementation="cudnn")`) never holds the T×T score matrix: it
+keeps q, k, v, the output and one float32 logsumexp per row and query head for the backward pass.
+Its limits, as jax 0.10 enforces them at trace time (`jax/_src/cudnn/fused_attention_stablehlo.py`:
+`check_layout`, `check_is_flash_attention`): float16 or bfloat16 inputs, a head dimension that is a
+multiple of 8 and at most 128 (256 from Hopper, compute capability 9.0, on), no dropout (the function
+takes none). Grouped-query attention is native (fewer k/v heads dividing the query heads).
+"""
+
+from __future__ import annotations
+
+XLA, CUDNN = "xla", "cudnn"
+# How the plan's activation trace stands in for a kernel it cannot trace on the planning machine:
+# tracing "cudnn" without a GPU raises `RuntimeError: cuDNN is not detected`, so the trace uses
+# "recompute" (capidsl/models/transformer.py), which keeps exactly what cuDNN's backward reads.
+TRACED_AS = {XLA: XLA, CUDNN: "recompute"}
+
+FUSED_FAMILIES = ("gpt",)  # families whose attention can run on the fused kernel
+CUDNN_DTYPES = ("bfloat16", "float16")
+# NVIDIA device kinds (capidsl/plan/topology.py) → the largest head dimension cuDNN flash attention takes
+# there: 128 before Hopper (A100 is compute capability 8.0, L4 8.9), 256 on Hopper (H100, H200: 9.0).
+CUDNN_HEAD_DIM = {"a100-40g": 128, "a100-80g": 128, "l4": 128, "h100": 256, "h200": 256}
+HEAD_DIM_MULTIPLE = 8
+
+
+def choose_attention(device_kind: str, compute_dtype: str, head_dim: int, dropout: float) -> str:
+    """CUDNN when the fused kernel runs this attention on `device_kind`, else XLA."""
+    largest = CUDNN_HEAD_DIM.get(device_kind)
+    if largest is None or compute_dtype not in CUDNN_DTYPES or dropout > 0.0:
+        return XLA
+    if head_dim > largest or head_dim % HEAD_DIM_MULTIPLE:
+        return XLA
+    return CUDNN
+
+
+def plan_attention(family: str, cfg: dict, device_kind: str, compute_dtype: str) -> str:
+    """The kernel for a family's normalised options on `device_kind`: XLA for a family without a fused path."""
+    if family not in FUSED_FAMILIES:
+        return XLA
+    return choose_attention(device_kind, compute_dtype, cfg["d_model"] // cfg["n_heads"], float(cfg["dropout"]))
+
+
+def describe(attention: str) -> str:
+    """How `capidsl plan` names the kernel."""
+    return "cudnn (fused)" if attention == CUDNN else attention
