@@ -169,10 +169,10 @@ def _float32_model(cfg: dict[str, Any]):
 
 
 def read_back(directory: Path, arch: str, cfg: dict[str, Any], like) -> Any:
-    """The parameters of a written directory as a tree like `like` (with its shardings), through
-    capidsl's importer code: config.json and the tensor headers checked first, then one layer at a time."""
+    """The parameters of a written directory as a tree like `like` (with its shardings and, where it
+    holds the file's values exactly, its dtypes), through capidsl's importer code: config.json and the
+    tensor headers checked first, then one parameter at a time."""
     import jax
-    import jax.numpy as jnp
 
     from capidsl.exec.mesh import param_path
 
@@ -193,8 +193,11 @@ def read_back(directory: Path, arch: str, cfg: dict[str, Any], like) -> Any:
 
     def load(keypath, leaf):
         parts = where[param_path(keypath)]
-        slices = [jnp.asarray(np.asarray(view(ckpt.array(t.name), t, p), dtype=np.float32)) for t, p in parts]
-        value = slices[0] if parts[0][1].layer is None else jnp.stack(slices)
+        slices = [np.asarray(view(ckpt.array(t.name), t, p), dtype=np.float32) for t, p in parts]
+        value = slices[0] if parts[0][1].layer is None else np.stack(slices)
+        narrow = value.astype(leaf.dtype)  # the run's dtype when that holds the file's values exactly
+        if narrow.dtype != value.dtype and np.array_equal(narrow.astype(np.float32), value):
+            value = narrow  # (a bfloat16 run's weights, widened on writing): half the memory, the same model
         return jax.device_put(value, leaf.sharding)
 
     return jax.tree_util.tree_map_with_path(load, like)
@@ -273,13 +276,11 @@ def _verify(plan, directory: Path, arch: str, cfg: dict[str, Any], params, base,
     import jax
     from flax import nnx
 
-    from capidsl.models import get_family
-
-    fam = get_family("gpt")
     graphdef, _ = _float32_model(cfg)
     base_graphdef, base_params = base
-    predict = jax.jit(lambda p, x: fam.predict(nnx.merge(graphdef, p), x))
-    predict_base = jax.jit(lambda p, x: fam.predict(nnx.merge(base_graphdef, p), x))
+    # the layers scanned (one layer's float32 weights alive at a time), not unrolled as for ONNX
+    predict = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x, deterministic=True))
+    predict_base = jax.jit(lambda p, x: nnx.merge(base_graphdef, p)(x, deterministic=True))
     rng = np.random.default_rng(plan.seed)
     inputs = rng.integers(0, cfg["vocab_size"], (VERIFY_ROWS, plan.batch.seq_len), dtype=np.int32)
     want = np.asarray(predict(params, inputs), dtype=np.float32)  # first: its float32 temporaries are gone
