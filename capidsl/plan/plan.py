@@ -390,6 +390,46 @@ RESUME_SAFE = ("name", "run_dir", "cadence", "schedule", "stop", "logging", "exp
                "comms")
 
 
+# How the run is laid out on its devices, not what it computes: a resume may change these (a
+# preemptible cluster that comes back with another number of devices or hosts) while the global
+# batch stays. The restored state means the same thing; sums run in another order, so the loss
+# continues within float tolerance rather than bitwise. Dotted paths; `[]` = every parameter row.
+LAYOUT = ("mesh", "sharding.rules", "sharding.batch_spec", "sharding.params[].spec", "sharding.params[].bytes_per_device",
+          "batch.micro_batch", "batch.accumulation", "batch.data_parallel", "batch.per_process_batch",
+          "hidden_state.spec", "hidden_state.bytes_per_device",
+          "model.attention")  # the kernel follows the device kind; the parameters are the same either way
+NOT_MEANING = LAYOUT + ("data.cache",)  # where the token stores are kept
+
+
+def meaning(data: dict[str, Any]) -> dict[str, Any]:
+    """A plan's JSON without RESUME_SAFE and NOT_MEANING: what the fingerprint hashes, and what a
+    resume must find unchanged."""
+    out = {k: v for k, v in data.items() if k not in RESUME_SAFE}
+    for path in NOT_MEANING:
+        _drop(out, path.split("."))
+    return out
+
+
+def _drop(node: Any, keys: list[str]) -> None:
+    """Remove the dotted path `keys` from the JSON `node` in place (copying what it changes)."""
+    head, rest = keys[0], keys[1:]
+    if not isinstance(node, dict):
+        return
+    rows = head.endswith("[]")
+    name = head.removesuffix("[]")
+    if name not in node:
+        return
+    if not rest:
+        del node[name]
+    elif rows and isinstance(node[name], list):
+        node[name] = [dict(row) for row in node[name]]
+        for row in node[name]:
+            _drop(row, rest)
+    elif isinstance(node[name], dict):
+        node[name] = dict(node[name])
+        _drop(node[name], rest)
+
+
 @dataclass(frozen=True)
 class Plan:
     """A compiled recipe. `capidsl run plan.json` executes exactly this."""
@@ -443,10 +483,7 @@ class Plan:
     @property
     def fingerprint(self) -> str:
         """Hash of everything that must not change on resume (shapes, dtypes, data, optimizer, seed)."""
-        data = {k: v for k, v in self.to_json().items() if k not in RESUME_SAFE}
-        data["data"] = {k: v for k, v in data["data"].items() if k != "cache"}  # where the stores are kept
-        data["model"] = {k: v for k, v in data["model"].items() if k != "attention"}  # follows the device kind
-        return content_hash(data)
+        return content_hash(meaning(self.to_json()))
 
     def canonical(self) -> str:
         return canonical_json(self.to_json())
