@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {  # gpt options of the checkpoint; "1b" is a Llama-2-1B-like shape with vocab 32768, untied
     "1b": dict(vocab_size=32768, d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8, d_ff=5632),
+    "100m": dict(vocab_size=32768, d_model=768, n_layers=12, n_heads=12, n_kv_heads=4, d_ff=2048),
     "tiny": dict(vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=176),
 }
 SHARD_BYTES = 500 << 20
@@ -126,6 +127,11 @@ def child_load(directory: Path) -> dict:
 
 
 def child_import(directory: Path, params_dtype: str) -> dict:
+    placed = _placed(directory, params_dtype)
+    return {k: v for k, v in placed.items() if k not in ("plan", "tree")}
+
+
+def _placed(directory: Path, params_dtype: str) -> dict:
     t0 = time.perf_counter()
     import jax
 
@@ -153,13 +159,49 @@ eval: {{every: null}}
     jax.block_until_ready(params)
     t3 = time.perf_counter()
     leaves = jax.tree_util.tree_leaves(params)
-    return {**_memory(), "work_s": t3 - t2, "imports_s": t1 - t0, "plan_s": t2 - t1, "devices": len(jax.devices()),
+    return {**_memory(), "plan": plan, "tree": params, "work_s": t3 - t2, "imports_s": t1 - t0, "plan_s": t2 - t1, "devices": len(jax.devices()),
             "bytes": sum(a.nbytes for a in leaves), "params": sum(a.size for a in leaves)}
 
 
+def child_write(directory: Path) -> dict:
+    """The export's baseline: as many bytes as the export writes (float32: twice the bfloat16
+    checkpoint) written to one file in 16 MiB chunks from one reused buffer, closed, then removed."""
+    import numpy as np
+
+    on_disk = sum(f.stat().st_size for f in directory.glob("*.safetensors"))
+    buf = np.random.default_rng(0).integers(0, 255, CHUNK, dtype=np.uint8)
+    target = directory.parent / f"{directory.name}.write-baseline"
+    t0 = time.perf_counter()
+    with open(target, "wb") as f:
+        for _ in range(-(-2 * on_disk // CHUNK)):
+            f.write(buf)
+    work = time.perf_counter() - t0
+    target.unlink()
+    return {"work_s": work}
+
+
+def child_export(directory: Path, params_dtype: str) -> dict:
+    """`capidsl export --format hf`'s work on weights already placed: write (streamed, float32) and
+    verify (read back through the importer, logits compared); the placing itself is not timed."""
+    from capidsl.export.hf import export_hf
+
+    placed = _placed(directory, params_dtype)
+    target = directory.parent / f"{directory.name}.export"
+    t0 = time.perf_counter()
+    done = export_hf(placed["plan"], placed["tree"], 0, target)
+    work = time.perf_counter() - t0
+    shutil.rmtree(target, ignore_errors=True)
+    return {**_memory(), "work_s": work, "write_s": done.write_s, "verify_s": done.verify_s, "bytes": done.bytes,
+            "max_abs_diff": done.max_abs_diff}
+
+
 def child(mode: str, directory: Path, params_dtype: str) -> None:
-    result = {"read": child_read, "load": child_load}[mode](directory) if mode != "import" \
-        else child_import(directory, params_dtype)
+    if mode == "import":
+        result = child_import(directory, params_dtype)
+    elif mode == "export":
+        result = child_export(directory, params_dtype)
+    else:
+        result = {"read": child_read, "load": child_load, "write": child_write}[mode](directory)
     result = {**_memory(), **result}  # import's own figures were taken while its parameters were alive
     print(json.dumps(result))
 
@@ -185,6 +227,7 @@ def main() -> None:
     ap.add_argument("--size", choices=sorted(SIZES), default="1b")
     ap.add_argument("--repeats", type=int, default=3, help="alternated rounds after the warm-up round")
     ap.add_argument("--params", choices=["bfloat16", "float32"], default="bfloat16", help="the plan's parameter dtype")
+    ap.add_argument("--part", choices=["import", "export", "both"], default="both")
     ap.add_argument("--tmp", default=None, help="where the checkpoint is written (deleted at the end)")
     ap.add_argument("--child", nargs=2, metavar=("MODE", "DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -201,15 +244,19 @@ def main() -> None:
         print(f"checkpoint: Llama {args.size} {SIZES[args.size]}, untied")
         print(f"  {n_params:,} parameters, {n_tensors} tensors, bfloat16, {shards} shards, "
               f"{on_disk / 1e6:,.1f} MB on disk (written in {write_s:.1f} s); page cache warm throughout")
-        modes = ["read", "load", "import"]
+        modes = {"import": ["read", "load", "import"], "export": ["write", "export"]}.get(
+            args.part, ["read", "load", "import", "write", "export"])
         runs = {m: [] for m in modes}
         for m in modes:  # warm-up round, not counted
             run_child(m, directory, args.params)
         for r in range(args.repeats):
-            order = modes[r % 3:] + modes[:r % 3]
+            order = modes[r % len(modes):] + modes[:r % len(modes)]
             for m in order:
                 runs[m].append(run_child(m, directory, args.params))
-        report(runs, on_disk, args)
+        if "import" in runs:
+            report(runs, on_disk, args)
+        if "export" in runs:
+            report_export(runs, on_disk)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -243,6 +290,29 @@ def report(runs: dict, on_disk: int, args) -> None:
     print(f"whole import subprocess ÷ read subprocess (wall, process start to exit): "
           f"{med('import', 'wall_s') / med('read', 'wall_s'):.2f}")
     print(f"peak RSS of import ÷ checkpoint on disk: {peak('import') * 2**20 / on_disk:.2f}")
+
+
+def report_export(runs: dict, on_disk: int) -> None:
+    med = lambda m, k: statistics.median(r[k] for r in runs[m])  # noqa: E731
+    peak = max(r["VmHWM"] for r in runs["export"])
+    last = runs["export"][-1]
+    print()
+    print(f"export --format hf of the placed weights: {last['bytes'] / 1e6:,.1f} MB written (float32), "
+          f"verified to {max(r['max_abs_diff'] for r in runs['export']):.2g} max abs logit diff")
+    print()
+    print("| subprocess | work s (median) | work s (all) | peak RSS MiB | peak RSS / checkpoint on disk |")
+    print("|---|---|---|---|---|")
+    each = ", ".join(f"{r['work_s']:.2f}" for r in runs["write"])
+    print(f"| write as many bytes (16 MiB chunks, one buffer): **baseline** | {med('write', 'work_s'):.2f} | {each} | "
+          f"{max(r['VmHWM'] for r in runs['write']):,.0f} | |")
+    each = ", ".join(f"{r['work_s']:.2f}" for r in runs["export"])
+    print(f"| capidsl export (write + verify; weights placed before) | {med('export', 'work_s'):.2f} | {each} | "
+          f"{peak:,.0f} | {peak * 2**20 / on_disk:.2f} |")
+    print()
+    print(f"export's parts (median s): write {med('export', 'write_s'):.2f}, verify {med('export', 'verify_s'):.2f}")
+    print(f"export ÷ writing the bytes (work): {med('export', 'work_s') / med('write', 'work_s'):.2f}; "
+          f"its write alone: {med('export', 'write_s') / med('write', 'work_s'):.2f}")
+    print(f"peak RSS of export ÷ checkpoint on disk: {peak * 2**20 / on_disk:.2f}")
 
 
 if __name__ == "__main__":
