@@ -124,6 +124,8 @@ def slurm_script(plan, args, run_dir: str) -> str:
               "set -euo pipefail", "# (activate the environment that provides `capidsl` here, if the nodes need it)", ""]
     if args.port:
         lines.append(f"export JAX_COORDINATOR_PORT={int(args.port)}")
+    if plan.xla_flags:  # read when JAX starts: set for every task before it does (the plan lists them)
+        lines.append(f'export XLA_FLAGS="${{XLA_FLAGS:-}} {" ".join(plan.xla_flags)}"')
     lines += [f"srun --kill-on-bad-exit=1 {shlex.join(run_command(args, run_dir))}", ""]
     return "\n".join(lines)
 
@@ -153,7 +155,8 @@ def kubernetes_manifest(plan, args, run_dir: str) -> str:
         "name": "capidsl", "image": args.image, "command": command,
         "env": [{"name": "JOB_COMPLETION_INDEX",  # also set by Kubernetes; declared so that $(...) expands
                  "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
-                {"name": "PYTHONUNBUFFERED", "value": "1"}],
+                {"name": "PYTHONUNBUFFERED", "value": "1"}]
+               + ([{"name": "XLA_FLAGS", "value": " ".join(plan.xla_flags)}] if plan.xla_flags else []),
         "ports": [{"containerPort": port, "name": "coordinator"}],
     }
     if limits:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import warnings
 
@@ -41,14 +42,26 @@ class _OneLine(logging.Filter):
 def run(args: argparse.Namespace) -> int:
     if args.steps is not None and args.steps < 1:
         raise UsageError("--steps must be a positive number of optimizer steps")
+    from capidsl.exec import xla_flags
+
+    if args.target.endswith(".json") and not args.target.startswith("gs://"):  # its flags, before JAX starts
+        xla_flags.set_before_start(xla_flags.plan_flags_of(args.target))
     from capidsl.exec import distributed
 
     # Join the other processes before anything asks JAX for devices: the plan is compiled for all of them.
-    distributed.initialize(distributed.resolve(args.coordinator, args.num_processes, args.process_id))
+    config = distributed.resolve(args.coordinator, args.num_processes, args.process_id)
+    distributed.initialize(config)
     from capidsl.cli.progress import PrepareBar
     from capidsl.runner import describe, load_plan, prepare_stores, run as run_plan
 
     plan = load_plan(args.target, args.overrides, progress=PrepareBar())
+    absent = xla_flags.missing(os.environ.get(xla_flags.ENV, ""), plan.xla_flags)
+    if absent and config is None and not os.environ.get(xla_flags.RESTARTED):
+        xla_flags.restart_with(plan.xla_flags, sys.argv[1:])  # one process: start again with them
+    if absent:
+        warnings.warn(f"the plan's XLA flags {' '.join(absent)} are not in effect (XLA reads them when JAX starts): "
+                      f"set XLA_FLAGS=\"{xla_flags.merged(os.environ.get(xla_flags.ENV, ''), plan.xla_flags)}\" "
+                      "for every process (`capidsl launch` scripts do)", RuntimeWarning, stacklevel=1)
     if args.target.endswith(".json"):  # a recipe's stores were prepared while compiling it
         prepare_stores(plan, progress=PrepareBar())
 

@@ -170,4 +170,5 @@ def _assemble(recipe, topology: Topology, mesh: MeshPlan, model: ModelShapes, ba
                           tolerance=float(recipe.export.tolerance), path=recipe.export.path),
         lints=lints, pruning=cadences.pruning, hidden_state=batching.hidden,
         comms=comms.estimate(model.sharding, mesh, batch, topology, precision.compute_dtype),
+        xla_flags=kernels.xla_flags(topology.device_kind),
     )

@@ -43,6 +43,22 @@ def plan_attention(family: str, cfg: dict, device_kind: str, compute_dtype: str)
     return choose_attention(device_kind, compute_dtype, cfg["d_model"] // cfg["n_heads"], float(cfg["dropout"]))
 
 
+# XLA flags the executor sets for a device kind, known to matter for training there (each with its
+# source). They must be in XLA_FLAGS before JAX starts its backend, so the executor sets them in the
+# environment of the process it starts (capidsl/exec/xla_flags.py). None for CPUs (nothing to gain)
+# nor, yet, for TPUs (libtpu reads LIBTPU_INIT_ARGS; no flag there is known to us to be a safe default).
+GPU_FLAGS = (
+    # overlaps collectives with compute: JAX's GPU performance tips; set in NVIDIA's JAX-Toolbox images
+    "--xla_gpu_enable_latency_hiding_scheduler=true",
+)
+XLA_FLAGS = {kind: GPU_FLAGS for kind in CUDNN_HEAD_DIM}  # the NVIDIA kinds
+
+
+def xla_flags(device_kind: str) -> tuple[str, ...]:
+    """The XLA flags a plan for `device_kind` runs with; () for a kind without any."""
+    return XLA_FLAGS.get(device_kind, ())
+
+
 def describe(attention: str) -> str:
     """How `capidsl plan` names the kernel."""
     return "cudnn (fused)" if attention == CUDNN else attention

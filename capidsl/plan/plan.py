@@ -387,7 +387,7 @@ class CommsEstimate:
 # Fields that may differ between a checkpoint's plan and a resuming plan without breaking exactness
 # of what has been computed so far; they are excluded from the fingerprint.
 RESUME_SAFE = ("name", "run_dir", "cadence", "schedule", "stop", "logging", "export", "lints", "checkpoint", "flops", "memory", "topology",
-               "comms")
+               "comms", "xla_flags")
 
 
 # How the run is laid out on its devices, not what it computes: a resume may change these (a
@@ -458,6 +458,7 @@ class Plan:
     comms: CommsEstimate | None = None  # an estimate: not part of the fingerprint (RESUME_SAFE)
     pruning: PruningPlan | None = None
     hidden_state: HiddenStatePlan | None = None
+    xla_flags: tuple[str, ...] = ()  # set in XLA_FLAGS by the executor (by device kind: plan/kernels.py); resume-safe
 
     def to_json(self) -> dict[str, Any]:
         data = to_jsonable(self)
@@ -467,6 +468,8 @@ class Plan:
             del data["model"]["init"]
         if self.model.attention == "xla":  # XLA's attention: the JSON of a plan without the field
             del data["model"]["attention"]
+        if not self.xla_flags:  # no flags (a CPU): the JSON of a plan without the field
+            del data["xla_flags"]
         return data
 
     @classmethod

@@ -174,7 +174,8 @@ def render(plan: Plan) -> Group:
         f"  {plan.batch.tokens_per_step:,} tokens/step", f"  {c.total_steps:,} steps",
         f" ({c.total_steps / c.steps_per_epoch:.3g} epochs)", ("  fingerprint ", "dim"), (plan.fingerprint, "cyan"))
     topo = Text(f"{t.device_count} × {t.device_kind} ({human_bytes(t.memory_per_device)} each, {t.process_count} "
-                f"process{'es' if t.process_count > 1 else ''}{', simulated' if t.simulated else ''})   mesh {describe_mesh(plan.mesh)}")
+                f"process{'es' if t.process_count > 1 else ''}{', simulated' if t.simulated else ''})   mesh {describe_mesh(plan.mesh)}"
+                + (f"   XLA flags {' '.join(plan.xla_flags)}" if plan.xla_flags else ""))
     b = plan.batch
     batching = Text(f"batch {b.global_batch} = micro {b.micro_batch} × accumulation {b.accumulation} × data-parallel "
                     f"{b.data_parallel}   precision {plan.precision.param_dtype}/{plan.precision.compute_dtype}/"
