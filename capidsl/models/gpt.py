@@ -80,19 +80,6 @@ def llama_d_ff(d_model: int, multiple_of: int = SWIGLU_MULTIPLE_OF) -> int:
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 
 
-UNROLL_LAYERS = 16  # models this deep or shallower run their layer scan unrolled
-
-
-def layer_loop(n_layers: int) -> str:
-    """How the stacked blocks run: "unrolled" (`jax.lax.scan(..., unroll=True)`: the block traced once,
-    its parameters still stacked) for up to UNROLL_LAYERS layers, else "scanned" (a loop). Measured on
-    the base shape, 2-core CPU (benchmarks/plain_model.py --profile, docs/performance.md): the loop
-    costs zero-filled stacked buffers, a per-layer slice written and read, copies, and serialised
-    kernels — unrolled, the step takes 0.88 of the scanned one's time; its cost is compile time,
-    which grows with depth (1.8 s at 4 layers either way; 3.3 vs 1.8 s at 12; 5.8 vs 1.9 s at 24)."""
-    return "unrolled" if n_layers <= UNROLL_LAYERS else "scanned"
-
-
 def _fail(message: str, key: str, hint: str | None = None):
     raise ModelError(message, subject=f"model.{key}", hint=hint)
 
@@ -188,7 +175,7 @@ class GPTFamily(ModelFamily):
         if "lora_rank" in cfg:
             rank, alpha, targets, rate = (cfg.pop(f"lora_{k}") for k in LORA_KEYS)
             lora = LoRAConfig(rank=rank, alpha=alpha, targets=tuple(targets), dropout=rate)
-        return GPTConfig(**cfg, lora=lora, unroll_layers=layer_loop(cfg["n_layers"]) == "unrolled")
+        return GPTConfig(**cfg, lora=lora)
 
     def build(self, cfg, *, rngs, param_dtype, compute_dtype, remat: str = "none", attention: str = "xla"):
         """`attention`: the kernel the plan chose (capidsl/plan/kernels.py; ATTENTION), passed only when not "xla"."""

@@ -7,9 +7,8 @@ causal attention with a `jnp.tril` mask, or, where the plan chose it (capidsl/pl
 fused attention (`GPTConfig.attention`; see `fused_attention`).
 
 The `n_layers` blocks are one stacked module: built once under `nnx.vmap` (every parameter gains
-a leading "layers" axis) and run with `jax.lax.scan` over the split state, so tracing and `eval_shape`
-do not grow with depth (MaxText's `scan_layers`); a shallow model's scan is unrolled (`unroll_layers`,
-chosen by `capidsl.models.gpt.layer_loop`), which XLA runs faster and compiles a little slower. Rematerialisation wraps the
+a leading "layers" axis) and run with `jax.lax.scan` over the split state, so tracing, `eval_shape`
+and compile time do not grow with depth (MaxText's `scan_layers`). Rematerialisation wraps the
 scanned block in `jax.checkpoint`: "full" saves only each block's input, "dots" also saves the
 outputs of matmuls without batch dimensions (`dots_with_no_batch_dims_saveable`: the projections,
 not the attention scores).
@@ -82,7 +81,6 @@ class GPTConfig:
     rope_original_max_len: int
     lora: LoRAConfig | None = None
     attention: str = "xla"  # the kernel (ATTENTION): a build argument from the plan, not a recipe option
-    unroll_layers: bool = False  # the layer scan unrolled (`layer_loop`): shallow models, not a recipe option
 
     @property
     def head_dim(self) -> int:
@@ -318,5 +316,5 @@ class GPT(nnx.Module):
                 layer = jax.tree_util.tree_map(lambda a: a[i], (state, keys))
                 x, _ = body(x, layer)
             return x
-        x, _ = jax.lax.scan(body, x, (state, keys), unroll=self.config.unroll_layers)
+        x, _ = jax.lax.scan(body, x, (state, keys))
         return x

@@ -126,32 +126,6 @@ def test_scan_equals_unrolled_reference(tiny):
     np.testing.assert_allclose(np.asarray(forward(params, x)), np.asarray(unrolled(params, x)), rtol=1e-5, atol=1e-5)
 
 
-def test_shallow_models_unroll_their_layer_scan_with_the_same_numbers(tiny):
-    """layer_loop: up to 16 layers the scan is unrolled (faster on XLA); the loss and its gradients are
-    those of the looping scan."""
-    import dataclasses
-
-    from capidsl.models.gpt import UNROLL_LAYERS, layer_loop
-    from capidsl.models.transformer import GPT as Module
-
-    assert (layer_loop(1), layer_loop(UNROLL_LAYERS), layer_loop(UNROLL_LAYERS + 1)) == ("unrolled", "unrolled", "scanned")
-    cfg, model, graphdef, params, _ = tiny
-    assert model.config.unroll_layers and not GPT.config({**cfg, "n_layers": 17}).unroll_layers
-    looped = Module(dataclasses.replace(model.config, unroll_layers=False), rngs=nnx.Rngs(params=0),
-                    param_dtype=jnp.float32, compute_dtype=jnp.float32)
-    looped_graphdef, _ = nnx.split(looped, nnx.Param)
-    x = tokens(2, 16)
-    batch = {"inputs": x, "targets": tokens(2, 16, seed=1), "mask": jnp.ones((2, 16))}
-
-    def loss(g):
-        return jax.jit(jax.value_and_grad(lambda p: GPT.loss(nnx.merge(g, p), batch, deterministic=True)[0]))(params)
-
-    (a, ga), (b, gb) = loss(graphdef), loss(looped_graphdef)
-    np.testing.assert_allclose(float(a), float(b), rtol=1e-6)
-    for u, v in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
-        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-6)
-
-
 def test_loss_is_a_sum_over_real_tokens(tiny):
     _, _, graphdef, params, _ = tiny
     loss = jax.jit(lambda p, b: GPT.loss(nnx.merge(graphdef, p), b, deterministic=True))
