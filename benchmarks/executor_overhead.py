@@ -109,6 +109,26 @@ def timed_windows(plan, steps: int, one_step) -> float:
     return statistics.median(windows[1:])
 
 
+def rotated_rounds(systems: dict, plan, steps: int, repeats: int) -> dict[str, list[float]]:
+    """name -> seconds per step of each run: `repeats` rounds, each running every system once, the
+    order rotated from round to round (on a noisy machine no system always goes first)."""
+    names, per_step = list(systems), {name: [] for name in systems}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            per_step[name].append(systems[name](plan, steps))
+    return per_step
+
+
+def print_rounds(per_step: dict[str, list[float]], plan, steps: int, repeats: int) -> None:
+    """The table of `rotated_rounds`: each system's median s/step, tokens/s and every run."""
+    print(f"seconds per step: median of {steps // LOG_EVERY - 1} log windows of {LOG_EVERY} steps after the first, "
+          f"{repeats} runs each, rotating:")
+    print(f"{'system':<14}{'median s/step':>15}{'tokens/s':>12}   all runs (s/step)")
+    for name, values in per_step.items():
+        m = statistics.median(values)
+        print(f"{name:<14}{m:>15.4f}{plan.batch.tokens_per_step / m:>12,.0f}   " + ", ".join(f"{v:.4f}" for v in values))
+
+
 def user_schedule(plan):
     """The plan's learning-rate schedule as a user writes it in optax: a constant, or linear warmup then
     cosine decay (what every shipped recipe says); None for any other shape of schedule."""
@@ -189,20 +209,11 @@ def main() -> None:
     from capidsl.recipe import Recipe
 
     plan = compile_plan(Recipe.from_yaml(args.recipe, overrides=QUIET + args.overrides))
-    systems = {"capidsl": capidsl_step_s, "hand-written": hand_written_step_s}
-    per_step: dict[str, list[float]] = {name: [] for name in systems}
-    for r in range(REPEATS):
-        for name, fn in (systems.items() if r % 2 == 0 else reversed(systems.items())):
-            per_step[name].append(fn(plan, args.steps))
+    per_step = rotated_rounds({"capidsl": capidsl_step_s, "hand-written": hand_written_step_s}, plan, args.steps, REPEATS)
     b = plan.batch
     print(f"{Path(args.recipe).name}: {plan.model.param_count:,} parameters, batch {b.global_batch}×{b.seq_len}, "
           f"mesh {dict(zip(plan.mesh.axes, plan.mesh.shape))}, {jax.device_count()} {jax.devices()[0].platform} device(s)")
-    print(f"seconds per step: median of {args.steps // LOG_EVERY - 1} log windows of {LOG_EVERY} steps after the first, "
-          f"{REPEATS} runs each, alternating:")
-    print(f"{'system':<14}{'median s/step':>15}{'tokens/s':>12}   all runs (s/step)")
-    for name, values in per_step.items():
-        m = statistics.median(values)
-        print(f"{name:<14}{m:>15.4f}{b.tokens_per_step / m:>12,.0f}   " + ", ".join(f"{v:.4f}" for v in values))
+    print_rounds(per_step, plan, args.steps, REPEATS)
     ratio = statistics.median(per_step["hand-written"]) / statistics.median(per_step["capidsl"])
     print(f"throughput ratio capidsl / hand-written: {ratio:.3f}")
 

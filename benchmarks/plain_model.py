@@ -46,8 +46,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from executor_overhead import (LOG_EVERY, QUIET, REPO, capidsl_step_s, data_mesh, hand_written_step_s,
-                               timed_windows, user_optimizer, user_schedule)
+from executor_overhead import (QUIET, REPO, capidsl_step_s, data_mesh, hand_written_step_s, print_rounds,
+                               rotated_rounds, timed_windows, user_optimizer, user_schedule)
 
 REPEATS = 3
 INIT = nnx.initializers.normal(0.02)  # GPT-2's initialiser; the values do not change the timing
@@ -369,21 +369,13 @@ def profile(plan, steps: int, rounds: int) -> None:
 def compare(plan, label: str, steps: int, repeats: int) -> None:
     """capidsl run, the plain model and the hand-written loop, runs rotating; the table and the ratios."""
     systems = {"capidsl": capidsl_step_s, "plain model": plain_step_s, "hand-written": hand_written_step_s}
-    names, per_step = list(systems), {name: [] for name in systems}
-    for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            per_step[name].append(systems[name](plan, steps))
+    per_step = rotated_rounds(systems, plan, steps, repeats)
     b, o = plan.batch, plan.model.options
     shape = (f"d_model {o['d_model']}, {o['n_layers']} layers, {o['n_heads']}/{o['n_kv_heads']} heads, "
              f"{o['position']}, {o['norm']}, {o['mlp']}, {'tied' if o['tied_embeddings'] else 'untied'}")
     print(f"\n{label}: {plan.model.param_count:,} parameters ({shape}), batch {b.global_batch}×{b.seq_len}, "
           f"{plan.precision.compute_dtype}, {jax.device_count()} {jax.devices()[0].platform} device(s)")
-    print(f"seconds per step: median of {steps // LOG_EVERY - 1} log windows of {LOG_EVERY} steps after the first, "
-          f"{repeats} runs each, rotating:")
-    print(f"{'system':<14}{'median s/step':>15}{'tokens/s':>12}   all runs (s/step)")
-    for name, values in per_step.items():
-        m = statistics.median(values)
-        print(f"{name:<14}{m:>15.4f}{b.tokens_per_step / m:>12,.0f}   " + ", ".join(f"{v:.4f}" for v in values))
+    print_rounds(per_step, plan, steps, repeats)
     for what, faster, slower in [("capidsl / plain model (loop and module)", "capidsl", "plain model"),
                                  ("capidsl / hand-written (loop only)", "capidsl", "hand-written"),
                                  ("hand-written / plain model (module only)", "hand-written", "plain model")]:

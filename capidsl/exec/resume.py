@@ -30,7 +30,7 @@ def check_resume(plan: Plan, meta: dict[str, Any]) -> list[str]:
     old = meta.get("plan") or {}
     new = plan.to_json()
     unsafe = [] if meta.get("fingerprint") == plan.fingerprint else json_diff(meaning(old), meaning(new))
-    if unsafe or (meta.get("fingerprint") != plan.fingerprint and not old):  # (an older fingerprint: the diff decides)
+    if unsafe or (not old and meta.get("fingerprint") != plan.fingerprint):  # no plan recorded: the fingerprint decides
         unsafe.sort(key=lambda d: (d[0] != "data.store", d[0].startswith(_DERIVED)))
         shown = "; ".join(f"{p}: {_short(a)} → {_short(b)}" for p, a, b in unsafe[:8])
         if unsafe and unsafe[0][0] == "data.store" and unsafe[0][1]:  # the data changed: say which files

@@ -33,6 +33,20 @@ def run(cmd: list[str], environ: dict[str, str], timeout: float = 120) -> subpro
     return subprocess.run(cmd, env=environ, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
+# A short fine-tuning run: 40 steps, two evaluations, no periodic checkpoint, plain log lines.
+SHORT_FINETUNE = {"training.duration": "40 steps", "eval.every": "every 20 steps", "eval.batches": "2",
+                  "checkpoint.every": "null", "logging.every": "every 10 steps", "logging.progress": "plain",
+                  "logging.tensorboard": "false"}
+
+
+def capidsl(*args, devices: int = 1, sets: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m capidsl ARGS... [--set k=v ...]` on `devices` CPU devices; it must exit 0."""
+    argv = [str(a) for a in args] + [x for k, v in (sets or {}).items() for x in ("--set", f"{k}={v}")]
+    done = run([sys.executable, "-m", "capidsl", *argv], env(devices=devices), timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def start(cmd: list[str], environ: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=environ, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

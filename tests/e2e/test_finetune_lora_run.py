@@ -6,7 +6,6 @@ importer, match the run's own (unmerged) model — and only the adapted weights 
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -23,14 +22,8 @@ ADAPTED = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "
 
 @pytest.mark.slow
 def test_lora_finetune_of_a_pretrained_llama_then_a_merged_hugging_face_export(tmp_path):
-    sets = {"training.duration": "40 steps", "eval.every": "every 20 steps", "eval.batches": "2",
-            "checkpoint.every": "null", "logging.every": "every 10 steps", "logging.progress": "plain",
-            "logging.tensorboard": "false"}
-    argv = [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
     run_dir = tmp_path / "run"
-    done = runs.run([sys.executable, "-m", "capidsl", "run", str(RECIPE), "--run-dir", str(run_dir), *argv],
-                    runs.env(devices=1), timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    runs.capidsl("run", RECIPE, "--run-dir", run_dir, sets=runs.SHORT_FINETUNE)
     plan = json.loads((run_dir / "plan.json").read_text())
     assert plan["model"]["init"]["architecture"] == "LlamaForCausalLM" and plan["model"]["init"]["tensors"] == 21
     paths = [p["path"] for p in plan["sharding"]["params"]]
@@ -41,9 +34,7 @@ def test_lora_finetune_of_a_pretrained_llama_then_a_merged_hugging_face_export(t
     assert losses[-1] < losses[0] - 0.3, losses
 
     out = tmp_path / "hf"
-    done = runs.run([sys.executable, "-m", "capidsl", "export", str(run_dir), "--format", "hf", "--out", str(out)],
-                    runs.env(devices=1), timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = runs.capidsl("export", run_dir, "--format", "hf", "--out", out)
     assert "read back, its logits match JAX" in done.stdout  # the merged export against the adapted run
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and "lora" not in json.dumps(config)

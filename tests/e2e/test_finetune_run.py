@@ -6,7 +6,6 @@ trained ones changed, and the export's own check (logits read back against JAX's
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -20,14 +19,8 @@ FIXTURE = runs.ROOT / "tests" / "fixtures" / "hf" / "gpt2-tiny"
 
 @pytest.mark.slow
 def test_finetune_a_pretrained_gpt2_then_export_it_as_hugging_face(tmp_path):
-    sets = {"training.duration": "40 steps", "eval.every": "every 20 steps", "eval.batches": "2",
-            "checkpoint.every": "null", "logging.every": "every 10 steps", "logging.progress": "plain",
-            "logging.tensorboard": "false"}
-    argv = [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
     run_dir = tmp_path / "run"
-    done = runs.run([sys.executable, "-m", "capidsl", "run", str(RECIPE), "--run-dir", str(run_dir), *argv],
-                    runs.env(devices=1), timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    runs.capidsl("run", RECIPE, "--run-dir", run_dir, sets=runs.SHORT_FINETUNE)
     plan = json.loads((run_dir / "plan.json").read_text())
     assert plan["model"]["init"]["architecture"] == "GPT2LMHeadModel"
     assert plan["data"]["tokenizer"].endswith("gpt2-tiny/tokenizer.json")  # the model's own tokenizer
@@ -37,9 +30,7 @@ def test_finetune_a_pretrained_gpt2_then_export_it_as_hugging_face(tmp_path):
     assert losses[-1] < losses[0] - 0.3, losses
 
     out = tmp_path / "hf"
-    done = runs.run([sys.executable, "-m", "capidsl", "export", str(run_dir), "--format", "hf", "--out", str(out)],
-                    runs.env(devices=1), timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+    runs.capidsl("export", run_dir, "--format", "hf", "--out", out)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
     before, after = Checkpoint(FIXTURE), Checkpoint(out)
     assert set(before.tensors) == set(after.tensors)

@@ -6,7 +6,6 @@ curve continues within float tolerance of a run that never moved."""
 
 from __future__ import annotations
 
-import sys
 
 import numpy as np
 import pytest
@@ -30,10 +29,7 @@ AWAY = ["--set", "mesh.data=2", "--set", "mesh.fsdp=2", "--set", "training.micro
 
 
 def capidsl_run(recipe, run_dir, devices: int, *args: str):
-    done = runs.run([sys.executable, "-m", "capidsl", "run", str(recipe), "--run-dir", str(run_dir), *args],
-                    runs.env(devices=devices), timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+    return runs.capidsl("run", recipe, "--run-dir", run_dir, *args, devices=devices)
 
 
 @pytest.mark.slow
