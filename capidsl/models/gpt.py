@@ -177,8 +177,10 @@ class GPTFamily(ModelFamily):
             lora = LoRAConfig(rank=rank, alpha=alpha, targets=tuple(targets), dropout=rate)
         return GPTConfig(**cfg, lora=lora)
 
-    def build(self, cfg, *, rngs, param_dtype, compute_dtype, remat: str = "none", attention: str = "xla"):
-        """`attention`: the kernel the plan chose (capidsl/plan/kernels.py; ATTENTION), passed only when not "xla"."""
+    def build(self, cfg, *, rngs, param_dtype, compute_dtype, remat: str = "none", attention: str = "xla",
+              layer_loop: str = "scanned"):
+        """`attention`: the kernel the plan chose (capidsl/plan/kernels.py; ATTENTION), passed only when not "xla";
+        `layer_loop`: "scanned" or "unrolled" (kernels.choose_layer_loop), passed only when unrolled."""
         if remat != "none" and remat not in REMAT_POLICIES:
             _fail(f"remat must be none, full or dots, not {remat!r}", "remat")
         if attention not in ATTENTION:
@@ -187,7 +189,9 @@ class GPTFamily(ModelFamily):
         c = self.config(cfg)
         if attention != "xla" and c.dropout > 0.0:
             _fail(f"attention probability dropout needs the xla attention, not {attention}", "dropout")
-        c = dataclasses.replace(c, attention=attention) if attention != "xla" else c
+        if layer_loop not in ("scanned", "unrolled"):
+            raise ModelError(f"unknown layer loop {layer_loop!r}", subject="model gpt", hint="scanned or unrolled")
+        c = dataclasses.replace(c, attention=attention, unroll_layers=layer_loop == "unrolled")
         return GPT(c, rngs=rngs, param_dtype=param_dtype, compute_dtype=compute_dtype, remat=remat)
 
     def num_layers(self, cfg) -> int:

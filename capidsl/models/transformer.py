@@ -7,8 +7,10 @@ causal attention with a `jnp.tril` mask, or, where the plan chose it (capidsl/pl
 fused attention (`GPTConfig.attention`; see `fused_attention`).
 
 The `n_layers` blocks are one stacked module: built once under `nnx.vmap` (every parameter gains
-a leading "layers" axis) and run with `jax.lax.scan` over the split state, so tracing, `eval_shape`
-and compile time do not grow with depth (MaxText's `scan_layers`). Rematerialisation wraps the
+a leading "layers" axis) and run with `jax.lax.scan` over the split state, so tracing and `eval_shape`
+do not grow with depth (MaxText's `scan_layers`); where the plan chose it (`unroll_layers`, see
+capidsl/plan/kernels.py `choose_layer_loop`) the scan is unrolled, which XLA runs faster and compiles
+more slowly. Rematerialisation wraps the
 scanned block in `jax.checkpoint`: "full" saves only each block's input, "dots" also saves the
 outputs of matmuls without batch dimensions (`dots_with_no_batch_dims_saveable`: the projections,
 not the attention scores).
@@ -81,6 +83,7 @@ class GPTConfig:
     rope_original_max_len: int
     lora: LoRAConfig | None = None
     attention: str = "xla"  # the kernel (ATTENTION): a build argument from the plan, not a recipe option
+    unroll_layers: bool = False  # the layer scan unrolled: a build argument from the plan (`layer_loop`)
 
     @property
     def head_dim(self) -> int:
@@ -127,6 +130,32 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     xf = x.astype(jnp.float32)
     rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
     return (xf * cos + rotated * sin).astype(x.dtype)
+
+
+def _causal_probs(scores: jax.Array) -> jax.Array:
+    t_q, t_k = scores.shape[-2:]
+    masked = jnp.where(jnp.tril(jnp.ones((t_q, t_k), dtype=bool)), scores, jnp.finfo(scores.dtype).min)
+    e = jnp.exp(masked - jnp.max(masked, axis=-1, keepdims=True))
+    return e / jnp.sum(e, axis=-1, keepdims=True)
+
+
+@jax.custom_jvp
+def causal_softmax(scores: jax.Array) -> jax.Array:
+    """Softmax over the keys (last axis) with each query's future keys masked out, for scores [..., T, T].
+
+    Its derivative is written from the output alone, y·(ẋ − Σ y·ẋ), so the backward pass keeps one
+    T×T tensor per layer: differentiated as written (`jax.nn.softmax` with jax's default
+    `jax_softmax_custom_jvp=False`), autodiff keeps both exp(x − max) and the quotient, plus the causal
+    mask and a zero fill broadcast to [rows, heads, T, T] — twice the memory, and what XLA can fuse
+    away in an unrolled program but a looping scan must store."""
+    return _causal_probs(scores)
+
+
+@causal_softmax.defjvp
+def _causal_softmax_jvp(primals, tangents):
+    (scores,), (dot,) = primals, tangents
+    y = _causal_probs(scores)
+    return y, y * (dot - jnp.sum(y * dot, axis=-1, keepdims=True))
 
 
 def _xla_attention(q, k, v):
@@ -201,9 +230,7 @@ class Attention(nnx.Module):
             k = jnp.repeat(k, c.n_heads // c.n_kv_heads, axis=2)
             v = jnp.repeat(v, c.n_heads // c.n_kv_heads, axis=2)
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(hd)
-        causal = jnp.tril(jnp.ones((t, t), dtype=bool))
-        scores = jnp.where(causal, scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(self.compute_dtype)
+        probs = causal_softmax(scores).astype(self.compute_dtype)
         probs = dropout(probs, c.dropout, key)
         y = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, c.n_heads * hd)
         return self.o(y, ko)
@@ -316,5 +343,5 @@ class GPT(nnx.Module):
                 layer = jax.tree_util.tree_map(lambda a: a[i], (state, keys))
                 x, _ = body(x, layer)
             return x
-        x, _ = jax.lax.scan(body, x, (state, keys))
+        x, _ = jax.lax.scan(body, x, (state, keys), unroll=self.config.unroll_layers)
         return x

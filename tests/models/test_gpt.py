@@ -126,6 +126,54 @@ def test_scan_equals_unrolled_reference(tiny):
     np.testing.assert_allclose(np.asarray(forward(params, x)), np.asarray(unrolled(params, x)), rtol=1e-5, atol=1e-5)
 
 
+def test_an_unrolled_layer_loop_computes_the_scanned_loss_and_gradients(tiny):
+    """layer_loop "unrolled" (the plan's choice for shallow models without remat) is the same program
+    straight-line: the loss and its gradients are those of the looping scan."""
+    cfg, model, graphdef, params, _ = tiny
+    assert not model.config.unroll_layers  # build's default: the loop
+    unrolled = GPT.build(cfg, rngs=nnx.Rngs(params=0), param_dtype=jnp.float32, compute_dtype=jnp.float32,
+                         layer_loop="unrolled")
+    assert unrolled.config.unroll_layers
+    unrolled_graphdef, _ = nnx.split(unrolled, nnx.Param)
+    x = tokens(2, 16)
+    batch = {"inputs": x, "targets": tokens(2, 16, seed=1), "mask": jnp.ones((2, 16))}
+
+    def loss(g):
+        return jax.jit(jax.value_and_grad(lambda p: GPT.loss(nnx.merge(g, p), batch, deterministic=True)[0]))(params)
+
+    (a, ga), (b, gb) = loss(unrolled_graphdef), loss(graphdef)
+    np.testing.assert_allclose(float(a), float(b), rtol=1e-6)
+    for u, v in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-6)
+    with pytest.raises(Exception, match="unknown layer loop"):
+        GPT.build(cfg, rngs=nnx.Rngs(params=0), param_dtype=jnp.float32, compute_dtype=jnp.float32, layer_loop="x")
+
+
+def test_causal_softmax_matches_a_masked_jax_softmax_and_keeps_one_tensor():
+    """The attention's softmax with its derivative written from the output: the values and gradients of
+    jax.nn.softmax over scores masked with jnp.where, and one [.., T, T] residual for the backward
+    where differentiating the masked softmax as written keeps several."""
+    from capidsl.models.transformer import causal_softmax
+
+    scores = jax.random.normal(jax.random.key(0), (2, 3, 8, 8), jnp.float32) * 3
+    cot = jax.random.normal(jax.random.key(1), scores.shape, jnp.float32)
+
+    def reference(s):
+        return jax.nn.softmax(jnp.where(jnp.tril(jnp.ones((8, 8), bool)), s, jnp.finfo(jnp.float32).min), axis=-1)
+
+    y, vjp = jax.vjp(causal_softmax, scores)
+    y_ref, vjp_ref = jax.vjp(reference, scores)
+    np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(vjp(cot)[0]), np.asarray(vjp_ref(cot)[0]), rtol=1e-5, atol=1e-6)
+    assert float(jnp.max(jnp.abs(jnp.triu(y, k=1)))) == 0.0  # no weight on a future key
+
+    def square_residuals(f):
+        leaves = jax.tree_util.tree_leaves(jax.vjp(f, scores)[1])
+        return sum(1 for r in leaves if getattr(r, "shape", ())[-2:] == (8, 8))
+
+    assert square_residuals(causal_softmax) == 1 < square_residuals(reference)
+
+
 def test_loss_is_a_sum_over_real_tokens(tiny):
     _, _, graphdef, params, _ = tiny
     loss = jax.jit(lambda p, b: GPT.loss(nnx.merge(graphdef, p), b, deterministic=True))
