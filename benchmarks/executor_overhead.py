@@ -170,8 +170,8 @@ def hand_written_step_s(plan, steps: int) -> float:
 
     mesh, _ = data_mesh()
     param_dtype, compute_dtype = jnp.dtype(plan.precision.param_dtype), jnp.dtype(plan.precision.compute_dtype)
-    model = GPT(GPTConfig(**plan.model.options), rngs=nnx.Rngs(plan.seed), param_dtype=param_dtype,
-                compute_dtype=compute_dtype)
+    config = GPTConfig(**plan.model.options, unroll_layers=plan.model.layer_loop == "unrolled")  # as the plan runs it
+    model = GPT(config, rngs=nnx.Rngs(plan.seed), param_dtype=param_dtype, compute_dtype=compute_dtype)
     graphdef, params = nnx.split(model, nnx.Param)
     params = jax.device_put(params, NamedSharding(mesh, P()))
     tx = user_optimizer(plan)

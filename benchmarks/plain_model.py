@@ -23,7 +23,7 @@ training.gradient_accumulation_steps=1`.
 XLA's cost analysis, temp buffer, compile time and top-level op counts of capidsl's compiled step, of the
 same step rebuilt from capidsl's pieces with one suspect changed at a time (the non-finite guard removed,
 the layer scan unrolled as a Python loop, a plain mean loss, all three; and `jax.lax.scan(unroll=True)`,
-the proposed fix) and of the plain model's step; each timed alone, rounds rotating; and four of them traced
+which the plan now chooses for shallow models without remat) and of the plain model's step; each timed alone, rounds rotating; and four of them traced
 with jax.profiler, XLA:CPU's kernels (thunks) summed by kind.
 
 Run: .venv/bin/python benchmarks/plain_model.py [recipe.yaml ...] [--steps N] [--repeats R] [--set k=v ...] [--profile]
@@ -236,26 +236,16 @@ def hlo_summary(compiled) -> dict:
             "temp": compiled.memory_analysis().temp_size_in_bytes, "ops": ops}
 
 
-def scan_unrolled_graphdef(plan):
-    """The graphdef of capidsl's GPT with one change, the fix this benchmark proposes: the layer scan
-    unrolled by XLA (`jax.lax.scan(..., unroll=True)`: one trace of the block, no while loop), as
-    capidsl/models/transformer.py `GPT._run_blocks` would do it for a shallow model."""
+def gpt_graphdef(plan, unroll_layers: bool):
+    """The graphdef of capidsl's GPT with its layer scan looping or unrolled by XLA (`jax.lax.scan(...,
+    unroll=True)`: one trace of the block, no while loop; the plan's choice for shallow models without
+    remat, capidsl/plan/kernels.py `choose_layer_loop`), whatever the plan chose."""
     from capidsl.models.transformer import GPT, GPTConfig
 
-    class ScanUnrolledGPT(GPT):
-        def _run_blocks(self, x, rope, keys, unroll):
-            graphdef, state = nnx.split(self.blocks)
-
-            def body(x, layer):
-                layer_state, key = layer
-                return nnx.merge(graphdef, layer_state)(x, rope, key), None
-
-            return jax.lax.scan(body, x, (state, keys), unroll=True)[0]
-
     p = plan.precision
-    return nnx.graphdef(nnx.eval_shape(lambda: ScanUnrolledGPT(
-        GPTConfig(**plan.model.options), rngs=nnx.Rngs(plan.seed), param_dtype=jnp.dtype(p.param_dtype),
-        compute_dtype=jnp.dtype(p.compute_dtype))))
+    return nnx.graphdef(nnx.eval_shape(lambda: GPT(
+        GPTConfig(**plan.model.options, unroll_layers=unroll_layers), rngs=nnx.Rngs(plan.seed),
+        param_dtype=jnp.dtype(p.param_dtype), compute_dtype=jnp.dtype(p.compute_dtype))))
 
 
 TRACED = ("capidsl train step", "  without the guard", "  layers unrolled", "plain model")
@@ -318,15 +308,15 @@ def profile(plan, steps: int, rounds: int) -> None:
                      ("  layers unrolled", dict(guard=True, unroll=True, capidsl_loss=True)),
                      ("  mean loss", dict(guard=True, unroll=False, capidsl_loss=False)),
                      ("  unrolled, no guard, mean loss", dict(guard=False, unroll=True, capidsl_loss=False)),
-                     ("  scan(unroll=True) (the fix)", dict(guard=True, unroll=False, capidsl_loss=True))]:
-        gd = scan_unrolled_graphdef(plan) if "fix" in name else graphdef
+                     ("  scan(unroll=True)", dict(guard=True, unroll=False, capidsl_loss=True))]:
+        gd = gpt_graphdef(plan, unroll_layers="scan(unroll" in name)  # the rebuilt steps loop unless told
         systems[name] = (capidsl_variant(plan, gd, **kw), lambda: [fresh(state0.params), fresh(state0.opt_state)],
                          (batch,), hand_out)
     params, opt_state, plain = plain_parts(plan)
     systems["plain model"] = (plain, lambda: [fresh(params), fresh(opt_state)],
                               (batch["inputs"], batch["targets"], None if mask is None else batch["mask"]), hand_out)
 
-    print(f"\ncompiled steps ({plan.name}): XLA cost analysis (a scan's body counted once), temp buffer, "
+    print(f"\ncompiled steps ({plan.name}, layers {plan.model.layer_loop}): XLA cost analysis (a scan's body counted once), temp buffer, "
           "lower+compile time, top-level ops")
     print(f"{'system':<34}{'GFLOP':>8}{'GB accessed':>13}{'temp MiB':>10}{'compile s':>11}   ops (most frequent)")
     for name, (fn, make_state, extra, unpack) in systems.items():

@@ -57,7 +57,7 @@ def _mesh(plan_json: dict[str, Any]) -> str:
 
 
 def _layout(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """The layout's changes in a line or two: the devices, the mesh, micro-batch × accumulation."""
+    """The layout's changes in a line or two: the devices, the mesh, micro-batch × accumulation, the layer loop."""
     if not old or "mesh" not in old:
         return []
     out = []
@@ -70,4 +70,7 @@ def _layout(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     if (b0.get("micro_batch"), b0.get("accumulation")) != (b1.get("micro_batch"), b1.get("accumulation")):
         out.append(f"batch {b1.get('global_batch')} as micro {b0.get('micro_batch')} × accumulation "
                    f"{b0.get('accumulation')} → micro {b1.get('micro_batch')} × accumulation {b1.get('accumulation')}")
+    loops = [plan.get("model", {}).get("layer_loop", "scanned") for plan in (old, new)]
+    if loops[0] != loops[1]:  # the same numbers either way (plan/kernels.py choose_layer_loop)
+        out.append(f"layers {loops[0]} → {loops[1]}")
     return out

@@ -46,9 +46,12 @@ def model_family(plan: Plan):
 
 
 def build_model(plan: Plan, fam, cfg, rngs: nnx.Rngs):
-    """The model exactly as the plan says: dtypes, rematerialisation and attention kernel included (the
-    kernel is passed only when the plan chose a fused one, so a family without one never sees it)."""
+    """The model exactly as the plan says: dtypes, rematerialisation, attention kernel and layer loop
+    included (the kernel and loop are passed only when not the default, so a family without them never
+    sees them)."""
     kernel = {} if plan.model.attention == "xla" else {"attention": plan.model.attention}
+    if plan.model.layer_loop != "scanned":
+        kernel["layer_loop"] = plan.model.layer_loop
     return fam.build(
         cfg,
         rngs=rngs,

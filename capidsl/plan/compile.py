@@ -52,6 +52,7 @@ def _compile(recipe, topology: Topology, where, progress=None) -> Plan:
                               topology, where("mesh"))
     model = plan_model_shapes(recipe, mesh, where)
     attention = kernels.plan_attention(recipe.model.family, model.cfg, topology.device_kind, model.precision.compute_dtype)
+    layer_loop = _layer_loop(recipe, model, where)
     frozen = frozen_params(recipe.training.trainable, model.sharding, where)  # training.trainable's complement
     batching = plan_batching(recipe.training, topology, mesh, _workload(recipe, model, mesh, topology, frozen, attention),
                              where)
@@ -67,7 +68,18 @@ def _compile(recipe, topology: Topology, where, progress=None) -> Plan:
     found = _lints(cadences, data, where)
     memory, memory_lints = _memory(batching, data)
     return _assemble(recipe, topology, mesh, model, batching, data, cadences, memory,
-                     lints=tuple(mesh_lints + found + memory_lints + list(data.lints)), frozen=frozen, attention=attention)
+                     lints=tuple(mesh_lints + found + memory_lints + list(data.lints)), frozen=frozen, attention=attention,
+                     layer_loop=layer_loop)
+
+
+def _layer_loop(recipe, model: ModelShapes, where) -> str:
+    """training.layer_loop resolved for this model (kernels.choose_layer_loop), refused at its key when it cannot run."""
+    requested = recipe.training.layer_loop
+    try:
+        return kernels.choose_layer_loop(recipe.model.family, model.family.num_layers(model.cfg), model.remat, requested)
+    except kernels.LoopError as err:
+        raise PlanError(str(err), subject="training.layer_loop", location=where("training.layer_loop"),
+                        hint="layer_loop: auto picks what runs (scanned under remat)") from None
 
 
 def _where(recipe):
@@ -148,7 +160,7 @@ def _memory(batching: Batching, data: DataLayout):
 
 def _assemble(recipe, topology: Topology, mesh: MeshPlan, model: ModelShapes, batching: Batching, data: DataLayout,
               cadences: Cadences, memory, lints: tuple[Lint, ...], frozen: tuple[str, ...] = (),
-              attention: str = kernels.XLA) -> Plan:
+              attention: str = kernels.XLA, layer_loop: str = kernels.SCANNED) -> Plan:
     """The Plan from the steps' results, with the FLOP and communication estimates they imply."""
     t, o, batch, fam, precision = recipe.training, recipe.optimizer, data.batch, model.family, model.precision
     return Plan(
@@ -156,7 +168,7 @@ def _assemble(recipe, topology: Topology, mesh: MeshPlan, model: ModelShapes, ba
         topology=topology, mesh=mesh,
         model=ModelPlan(family=recipe.model.family, config=freeze_options(model.cfg),
                         param_count=fam.param_count(model.cfg), remat=model.remat, init=model.init,
-                        attention=attention),
+                        attention=attention, layer_loop=layer_loop),
         sharding=model.sharding, precision=precision, batch=batch,
         optimizer=OptimizerPlan(name=o.name, beta1=float(o.beta1), beta2=float(o.beta2), epsilon=float(o.epsilon),
                                 weight_decay=float(o.weight_decay), momentum=float(o.momentum), nesterov=bool(o.nesterov),

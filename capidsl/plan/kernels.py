@@ -1,4 +1,5 @@
-"""The attention kernel a plan chooses: cuDNN's fused attention where it runs, XLA's formulation elsewhere.
+"""How the plan has the model run on its device kind: the attention kernel (cuDNN's fused attention
+where it runs, XLA's formulation elsewhere), the layer loop (unrolled or scanned) and XLA flags.
 
 The choice is a pure function of the topology's device kind and the model (no JAX import), so a plan
 for an H100 cluster made on a laptop chooses what the cluster will run. cuDNN's flash attention
@@ -41,6 +42,43 @@ def plan_attention(family: str, cfg: dict, device_kind: str, compute_dtype: str)
     if family not in FUSED_FAMILIES:
         return XLA
     return choose_attention(device_kind, compute_dtype, cfg["d_model"] // cfg["n_heads"], float(cfg["dropout"]))
+
+
+SCANNED, UNROLLED = "scanned", "unrolled"
+LAYER_LOOPS = (SCANNED, UNROLLED)
+LOOP_FAMILIES = ("gpt",)  # families whose stacked layers run under jax.lax.scan
+UNROLL_LAYERS = 16  # "auto" unrolls models this deep or shallower
+
+
+class LoopError(ValueError):
+    """training.layer_loop asks for something this model cannot run (the compiler places it)."""
+
+
+def choose_layer_loop(family: str, n_layers: int, remat: str, requested: str = "auto") -> str:
+    """How the stacked layers run: UNROLLED (`jax.lax.scan(..., unroll=True)`: the block traced once, the
+    parameters still stacked, the program straight-line) or SCANNED (a loop).
+
+    Measured (docs/performance.md, benchmarks/plain_model.py --profile, 2-core CPU): the loop costs
+    zero-filled stacked buffers, per-layer slices written and read, copies and serialised kernels;
+    unrolled, the base shape's step takes 0.88 of the looping one's time. Unrolling costs compile
+    time, which grows with depth (1.8 s at 4 layers either way; 3.3 vs 1.8 s at 12; 5.8 vs 1.9 s at
+    24), so "auto" unrolls up to UNROLL_LAYERS layers. Under remat it keeps the loop: in a
+    straight-line program XLA merges the backward's recomputation with the forward pass (the compiled
+    temp memory of remat full and dots equals no remat's, measured on 8 fake CPU devices), so remat
+    would save nothing; an explicit "unrolled" with remat is refused for that reason."""
+    if requested not in ("auto",) + LAYER_LOOPS:
+        raise LoopError(f"layer_loop must be auto, scanned or unrolled, not {requested!r}")
+    if family not in LOOP_FAMILIES:
+        if requested == UNROLLED:
+            raise LoopError(f"the {family} family has no layer scan to unroll (layer_loop applies to "
+                            f"{', '.join(LOOP_FAMILIES)})")
+        return SCANNED
+    if requested == UNROLLED and remat != "none":
+        raise LoopError(f"an unrolled layer loop cannot keep remat {remat}'s savings: XLA merges the recomputed "
+                        "forward pass with the original in a straight-line program, so the memory is no remat's")
+    if requested != "auto":
+        return requested
+    return UNROLLED if remat == "none" and n_layers <= UNROLL_LAYERS else SCANNED
 
 
 # XLA flags the executor sets for a device kind, known to matter for training there (each with its

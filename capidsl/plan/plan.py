@@ -131,6 +131,9 @@ class ModelPlan:
     # the attention kernel (capidsl/plan/kernels.py): xla | cudnn. Chosen from the topology's device kind,
     # so resume-safe like the topology (not fingerprinted), and left out of the JSON when xla.
     attention: str = "xla"
+    # how the stacked layers run (kernels.choose_layer_loop): scanned | unrolled. The same parameters and
+    # numbers either way, so layout, not meaning; left out of the JSON when scanned (plans from before it).
+    layer_loop: str = "scanned"
 
     @property
     def options(self) -> dict[str, Any]:
@@ -397,7 +400,8 @@ RESUME_SAFE = ("name", "run_dir", "cadence", "schedule", "stop", "logging", "exp
 LAYOUT = ("mesh", "sharding.rules", "sharding.batch_spec", "sharding.params[].spec", "sharding.params[].bytes_per_device",
           "batch.micro_batch", "batch.accumulation", "batch.data_parallel", "batch.per_process_batch",
           "hidden_state.spec", "hidden_state.bytes_per_device",
-          "model.attention")  # the kernel follows the device kind; the parameters are the same either way
+          "model.attention",  # the kernel follows the device kind; the parameters are the same either way
+          "model.layer_loop")
 NOT_MEANING = LAYOUT + ("data.cache",)  # where the token stores are kept
 
 
@@ -468,6 +472,8 @@ class Plan:
             del data["model"]["init"]
         if self.model.attention == "xla":  # XLA's attention: the JSON of a plan without the field
             del data["model"]["attention"]
+        if self.model.layer_loop == "scanned":
+            del data["model"]["layer_loop"]
         if not self.xla_flags:  # no flags (a CPU): the JSON of a plan without the field
             del data["xla_flags"]
         return data

@@ -49,13 +49,6 @@ def param_rows(plan: Plan):
                sum(p.bytes_per_device for p in ps), is_frozen)
 
 
-def _layer_loop(plan: Plan) -> str:
-    """The gpt blocks' loop as the model will run it (capidsl.models.gpt.layer_loop)."""
-    from capidsl.models.gpt import layer_loop
-
-    return layer_loop(int(plan.model.options["n_layers"]))
-
-
 def trainable_text(plan: Plan) -> str:
     """Fine-tuning: how many parameters (and bytes, whole, not per device) train and how many are frozen."""
     frozen = set(plan.optimizer.frozen)
@@ -187,7 +180,7 @@ def render(plan: Plan) -> Group:
     batching = Text(f"batch {b.global_batch} = micro {b.micro_batch} × accumulation {b.accumulation} × data-parallel "
                     f"{b.data_parallel}   precision {plan.precision.param_dtype}/{plan.precision.compute_dtype}/"
                     f"{plan.precision.output_dtype}   optimizer {plan.optimizer.name}   remat {plan.model.remat}"
-                    + (f"   attention {describe_kernel(plan.model.attention)}   layers {_layer_loop(plan)}"
+                    + (f"   attention {describe_kernel(plan.model.attention)}   layers {plan.model.layer_loop}"
                        if plan.model.family in FUSED_FAMILIES else ""))
     evals = f"eval every {c.eval_every} steps ({c.eval_batches} batches)" if c.eval_every else "no evaluation"
     ckpts = f"checkpoint every {c.checkpoint_every} steps" if c.checkpoint_every else "checkpoint at the end"

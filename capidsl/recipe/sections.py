@@ -118,6 +118,7 @@ class TrainingConfig:
     mixed_precision: bool | None
     grad_clip: float | None
     remat: str
+    layer_loop: str = "auto"  # auto | scanned | unrolled: plan/kernels.py choose_layer_loop
     trainable: tuple[str, ...] | None = None  # glob patterns over parameter paths; None = every parameter trains
 
 

@@ -35,3 +35,14 @@ def test_the_layout_is_not_the_fingerprint_and_resume_says_what_moved():
     assert bigger.fingerprint != home.fingerprint
     with pytest.raises(RunError, match=r"batch.global_batch: 8 → 16"):
         check_resume(bigger, {"step": MOVED_AT, "fingerprint": home.fingerprint, "plan": home.to_json()})
+
+
+def test_a_plan_from_before_the_layer_loop_resumes_unrolled_and_says_so():
+    """A checkpoint whose plan has no model.layer_loop (scanned, as every plan before the choice) resumes
+    under an unrolled plan: the same numbers, the same fingerprint, one line saying what changed."""
+    home = _plan(HOME)
+    before = dataclasses.replace(home, model=dataclasses.replace(home.model, layer_loop="scanned"))
+    unrolled = dataclasses.replace(home, model=dataclasses.replace(home.model, layer_loop="unrolled"))
+    assert "layer_loop" not in before.to_json()["model"] and before.fingerprint == unrolled.fingerprint
+    notes = check_resume(unrolled, {"step": MOVED_AT, "fingerprint": before.fingerprint, "plan": before.to_json()})
+    assert notes == ["layers scanned → unrolled"]

@@ -128,7 +128,7 @@ def test_cpu_plans_are_the_plans_without_the_field():
     plan = compile_plan(Recipe.from_yaml(ROOT / "recipes/instruct.yaml"), simulated("cpu", 1))
     m = plan.model
     before = dataclasses.replace(plan, model=ModelPlan(family=m.family, config=m.config, param_count=m.param_count,
-                                                       remat=m.remat, init=m.init))
+                                                       remat=m.remat, init=m.init, layer_loop=m.layer_loop))
     assert plan.model.attention == XLA and "attention" not in plan.to_json()["model"]
     assert plan.dumps() == before.dumps() and plan.fingerprint == before.fingerprint
     assert "attention xla" in shown(plan)

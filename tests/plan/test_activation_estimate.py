@@ -125,9 +125,10 @@ def test_a_loss_that_cannot_be_traced_falls_back_to_the_family_formula(tiny):
     ("mesh.data=4", "mesh.tensor=2", "training.batch_size=32", "training.remat=full", "training.gradient_accumulation_steps=2"),
     ("mesh.data=1", "mesh.fsdp=8", "training.batch_size=64"),
     ("mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "training.batch_size=32"),
-], ids=["data8", "data4-tensor2-remat-accum", "fsdp8", "2x2x2"])
+    ("mesh.data=8", "training.batch_size=64", "training.layer_loop=scanned"),
+], ids=["data8", "data4-tensor2-remat-accum", "fsdp8", "2x2x2", "data8-scanned"])
 def test_the_estimate_tracks_xla_temp_within_a_band(tiny, overrides):
-    """On FSDP meshes too: the models pin the embedding output to the batch's split (shard_rows), else
+    """Unrolled (the tiny model's default without remat) and scanned layer loops; on FSDP meshes too: the models pin the embedding output to the batch's split (shard_rows), else
     GSPMD gives the gather the table's sharding and every device computes the whole global batch."""
     from capidsl.exec.aot import compiled_memory
 
