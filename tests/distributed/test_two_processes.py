@@ -104,3 +104,22 @@ def test_sigterm_and_sigkill_then_resume_equal_one_process(tmp_path, recipe, cac
     assert any((state / "ocdbt.process_1").rglob("*")), sorted(p.name for p in state.iterdir())
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == list(range(4, STEPS + 1, 4))  # once each, across three invocations
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3 * TIMEOUT)
+def test_two_processes_resumed_as_one(tmp_path, recipe, cache, single):
+    """A cluster that comes back smaller: two processes stop at step 8 (2 devices each), then one process
+    with all 4 devices resumes the same run (same mesh and global batch, one process's share of the batch
+    doubled) and ends bitwise where the single process that never stopped ends."""
+    run_dir, logs = tmp_path / "run", tmp_path / "logs"
+    procs = lc.start(recipe, run_dir, processes=2, devices_each=2, cache=cache, logs=logs, extra=("--steps", "8"))
+    assert lc.wait_all(procs, TIMEOUT) == [0, 0], [p.output()[-2000:] for p in procs]
+    assert summary(run_dir)["steps"] == 8
+    done = subprocess.run([sys.executable, "-m", "capidsl", "run", str(recipe), "--run-dir", str(run_dir)],
+                          env=lc.environment(4, cache), cwd=lc.ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "from step 8" in done.stdout + done.stderr
+    end = summary(run_dir)
+    assert end["steps"] == STEPS and end["resumed_from"] == 8 and end["stop_reason"] == "completed"
+    assert end["params_sha256"] == single["params_sha256"]
