@@ -42,11 +42,15 @@ SMALL_BATCH = ("training.batch_size=8", "training.micro_batch=1")
 CASES = {  # name: (recipe, overrides, overrides on meshes with tensor > 1)
     "base": ("base.yaml", (), ()),
     "base remat=full": ("base.yaml", ("training.remat=full",), ()),
+    "base scanned": ("base.yaml", ("training.layer_loop=scanned",), ()),
     "seed": ("seed.yaml", ("training.batch_size=64",), ()),
     "pruning": ("pruning.yaml", (), ()),
+    "pruning scanned": ("pruning.yaml", ("training.layer_loop=scanned",), ()),
     "capibara": ("capibara.yaml", (), ()),
     "batching": ("batching.yaml", ("data.token_budget=32768",), ()),
+    "batching scanned": ("batching.yaml", ("data.token_budget=32768", "training.layer_loop=scanned"), ()),
     "gpt2-small": ("gpt2-small.yaml", SMALL_BATCH, ("mesh.rules.vocab=null",)),
+    "gpt2-small scanned": ("gpt2-small.yaml", (*SMALL_BATCH, "training.layer_loop=scanned"), ("mesh.rules.vocab=null",)),
     "llama-7b": ("llama-7b.yaml", SMALL_BATCH, ()),
     "llama-70b-fsdp": ("llama-70b-fsdp.yaml", SMALL_BATCH, ()),
 }

@@ -52,10 +52,10 @@ def _compile(recipe, topology: Topology, where, progress=None) -> Plan:
                               topology, where("mesh"))
     model = plan_model_shapes(recipe, mesh, where)
     attention = kernels.plan_attention(recipe.model.family, model.cfg, topology.device_kind, model.precision.compute_dtype)
-    layer_loop = _layer_loop(recipe, model, where)
+    layer_loop = _layer_loop(recipe, model, topology.device_kind, where)
     frozen = frozen_params(recipe.training.trainable, model.sharding, where)  # training.trainable's complement
-    batching = plan_batching(recipe.training, topology, mesh, _workload(recipe, model, mesh, topology, frozen, attention),
-                             where)
+    batching = plan_batching(recipe.training, topology, mesh,
+                             _workload(recipe, model, mesh, topology, frozen, attention, layer_loop), where)
     data_config = recipe.data
     if model.tokenizer and not recipe.written("data.tokenizer"):  # a pretrained model's own tokenizer, unless the recipe names one
         data_config = dataclasses.replace(data_config, tokenizer=model.tokenizer)
@@ -72,11 +72,13 @@ def _compile(recipe, topology: Topology, where, progress=None) -> Plan:
                      layer_loop=layer_loop)
 
 
-def _layer_loop(recipe, model: ModelShapes, where) -> str:
-    """training.layer_loop resolved for this model (kernels.choose_layer_loop), refused at its key when it cannot run."""
+def _layer_loop(recipe, model: ModelShapes, device_kind: str, where) -> str:
+    """training.layer_loop resolved for this model and device kind (kernels.choose_layer_loop), refused at its
+    key when it cannot run."""
     requested = recipe.training.layer_loop
     try:
-        return kernels.choose_layer_loop(recipe.model.family, model.family.num_layers(model.cfg), model.remat, requested)
+        return kernels.choose_layer_loop(recipe.model.family, model.family.num_layers(model.cfg), model.remat,
+                                         requested, device_kind)
     except kernels.LoopError as err:
         raise PlanError(str(err), subject="training.layer_loop", location=where("training.layer_loop"),
                         hint="layer_loop: auto picks what runs (scanned under remat)") from None
@@ -116,7 +118,7 @@ def _placed(err, message: str, key: str, where) -> PlanError:
 
 
 def _workload(recipe, model: ModelShapes, mesh: MeshPlan, topology: Topology, frozen: tuple[str, ...] = (),
-              attention: str = kernels.XLA) -> Workload:
+              attention: str = kernels.XLA, layer_loop: str = kernels.SCANNED) -> Workload:
     """The memory estimate's inputs besides the batch shape (pruning masks count as state; frozen
     parameters have no gradient or optimizer state; a fused attention kernel saves no T×T scores)."""
     p = recipe.pruning
@@ -124,7 +126,7 @@ def _workload(recipe, model: ModelShapes, mesh: MeshPlan, topology: Topology, fr
     masks = pruning.mask_bytes(pruned) if p.schedule is not None else 0
     return Workload(model=model, mesh=mesh, optimizer=recipe.optimizer.name, momentum=recipe.optimizer.momentum,
                     device_memory=topology.memory_per_device, state_bytes=masks, frozen=frozenset(frozen),
-                    attention=attention)
+                    attention=attention, layer_loop=layer_loop)
 
 
 def _lints(cadences: Cadences, data: DataLayout, where) -> list[Lint]:

@@ -12,7 +12,9 @@ Temporaries (XLA's `temp_size_in_bytes`), a sum of terms, each something the ste
                       keeps: no T×T scores); the family's own per-layer formula
                       (Korthikanti et al. 2022 for transformers) only if the loss cannot be traced
   backward working    2 × the largest tensor one layer saves (the cotangent coming in and the one
-                      going out of its backward); under remat 3 × (the recomputed tensor as well),
+                      going out of its backward), 3 × when the layers run as a looping scan (the
+                      layer's slice of the stacked residual, read out of the stack: XLA's buffer
+                      assignment shows it); under remat 3 × (the recomputed tensor as well),
                       or, with tensor > 1, all one layer saves without remat (Korthikanti et al.
                       2022 §5: full recomputation holds one layer's activations; the layer's
                       all-reduces keep XLA from fusing the recomputation into the backward)
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from capidsl.plan.activations import traced_model
+from capidsl.plan.kernels import LOOP_FAMILIES, SCANNED
 from capidsl.plan.plan import MemoryEstimate, MeshPlan, ShardingPlan, freeze_options
 from capidsl.plan.shapes import ModelShapes
 from capidsl.plan.sharding import BATCH_AXES
@@ -97,12 +100,14 @@ def _formula_activations(family, cfg, micro_batch, compute_bytes, remat, tensor,
 def estimate(*, family, cfg: dict, sharding: ShardingPlan, mesh: MeshPlan, optimizer: str, momentum: float,
              micro_batch: int, rows_per_device: int, batch_shapes: dict, compute_dtype: str, remat: str,
              device_memory: int, state_bytes: int = 0, frozen: frozenset[str] = frozenset(),
-             attention: str = "xla") -> MemoryEstimate:
+             attention: str = "xla", layer_loop: str = "scanned") -> MemoryEstimate:
     """The estimate for one device holding `micro_batch` rows per micro-step and `rows_per_device` per step.
 
     `state_bytes`: training state besides parameters and optimizer moments (pruning masks, a carried
     recurrent state), per device. `frozen`: parameters that do not train (no gradient, no moments).
     `attention`: the plan's attention kernel (capidsl/plan/kernels.py); "cudnn" saves no T×T scores.
+    `layer_loop`: how the stacked layers run (kernels.choose_layer_loop); a looping scan reads each layer's
+    residuals out of their stack into a buffer of their own.
     FITS is judged on `total` = arguments + the temporaries' terms."""
     params = sum(p.bytes_per_device for p in sharding.params)
     opt = optimizer_state_bytes(optimizer, momentum, sharding, mesh, frozen)
@@ -117,9 +122,10 @@ def estimate(*, family, cfg: dict, sharding: ShardingPlan, mesh: MeshPlan, optim
     if model is not None:
         saved = model.saved_bytes(micro_batch)
         whole_layer = model.recompute and mesh.size("tensor") > 1
-        working = model.layer_bytes(micro_batch) if whole_layer else \
-            (3 if model.recompute else 2) * model.largest_layer_tensor(micro_batch)
-        work = "one recomputed layer" if whole_layer else f"{3 if model.recompute else 2}× the largest layer tensor"
+        sliced = layer_loop == SCANNED and family.name in LOOP_FAMILIES
+        times = 3 if model.recompute or sliced else 2
+        working = model.layer_bytes(micro_batch) if whole_layer else times * model.largest_layer_tensor(micro_batch)
+        work = "one recomputed layer" if whole_layer else f"{times}× the largest layer tensor"
         kernel = f", {attention} attention" if attention != "xla" else ""
         formula = (f"temp = saved residuals (jax.vjp of the {family.name} loss{kernel}, {micro_batch} rows/device, "
                    f"split as the mesh splits them) + {work} "
@@ -155,6 +161,7 @@ class Workload:
     state_bytes: int  # training state besides parameters and moments (pruning masks, a carried state)
     frozen: frozenset[str] = frozenset()  # parameters without gradients or moments (training.trainable)
     attention: str = "xla"  # the attention kernel (capidsl/plan/kernels.py)
+    layer_loop: str = "scanned"  # how the stacked layers run (kernels.choose_layer_loop)
 
     def at(self, micro: int, accumulation: int, seq_len: int | None = None) -> MemoryEstimate:
         """The estimate for `micro` rows per device and micro-step, `accumulation` micro-steps, rows of `seq_len`."""
@@ -164,4 +171,4 @@ class Workload:
                         momentum=self.momentum, micro_batch=micro, rows_per_device=micro * accumulation,
                         batch_shapes=m.family.batch_shapes(cfg, 1), compute_dtype=m.precision.compute_dtype,
                         remat=m.remat, device_memory=self.device_memory, state_bytes=self.state_bytes,
-                        frozen=self.frozen, attention=self.attention)
+                        frozen=self.frozen, attention=self.attention, layer_loop=self.layer_loop)
