@@ -44,7 +44,7 @@ def check_resume(plan: Plan, meta: dict[str, Any]) -> list[str]:
             subject="resume",
             hint="these fields change what the saved state means; undo the change, or use another --run-dir "
             "for a fresh run (safe to change on resume: " + ", ".join(RESUME_SAFE)
-            + ", and the layout: mesh, shardings, micro-batch and accumulation with the same global batch)",
+            + ", and the layout: mesh, shardings, micro-batch, accumulation and layer loop with the same global batch)",
         )
     safe = json_diff({k: old.get(k) for k in RESUME_SAFE if k in old}, {k: new.get(k) for k in RESUME_SAFE if k in old})
     ignore = ("memory", "flops", "comms", "lints", "topology", "run_dir")

@@ -81,7 +81,7 @@ def _layer_loop(recipe, model: ModelShapes, device_kind: str, where) -> str:
                                          requested, device_kind)
     except kernels.LoopError as err:
         raise PlanError(str(err), subject="training.layer_loop", location=where("training.layer_loop"),
-                        hint="layer_loop: auto picks what runs (scanned under remat)") from None
+                        hint="layer_loop: auto picks what runs (scanned under remat and for other families)") from None
 
 
 def _where(recipe):

@@ -46,7 +46,7 @@ def plan_attention(family: str, cfg: dict, device_kind: str, compute_dtype: str)
 
 SCANNED, UNROLLED = "scanned", "unrolled"
 LAYER_LOOPS = (SCANNED, UNROLLED)
-LOOP_FAMILIES = ("gpt",)  # families whose stacked layers run under jax.lax.scan
+LOOP_FAMILIES = ("gpt",)  # families whose layer scan can be unrolled (the plan chooses for these only)
 UNROLL_LAYERS = 16  # "auto" unrolls models this deep or shallower
 
 
@@ -77,8 +77,8 @@ def choose_layer_loop(family: str, n_layers: int, remat: str, requested: str = "
         raise LoopError(f"layer_loop must be auto, scanned or unrolled, not {requested!r}")
     if family not in LOOP_FAMILIES:
         if requested == UNROLLED:
-            raise LoopError(f"the {family} family has no layer scan to unroll (layer_loop applies to "
-                            f"{', '.join(LOOP_FAMILIES)})")
+            raise LoopError(f"the {family} family cannot unroll its layers (layer_loop applies to "
+                            f"{', '.join(LOOP_FAMILIES)} only)")
         return SCANNED
     if requested == UNROLLED and remat != "none":
         raise LoopError(f"an unrolled layer loop cannot keep remat {remat}'s savings: XLA merges the recomputed "

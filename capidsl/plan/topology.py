@@ -94,7 +94,7 @@ def live(memory: int | None = None) -> Topology:
 
     devices = jax.devices()
     platform = devices[0].platform
-    kind = "cpu" if platform == "cpu" else _kind_of(devices[0].device_kind)
+    kind = "cpu" if platform == "cpu" else _kind_of(devices[0].device_kind, platform)
     if memory is None:
         local = jax.local_devices()[0]  # another process's devices report no memory statistics here
         stats = local.memory_stats() if hasattr(local, "memory_stats") else None
@@ -114,5 +114,7 @@ def match_device_kind(device_kind: str) -> str | None:
     return next((kind for pattern, kind in _DEVICE_PATTERNS if pattern.search(s)), None)
 
 
-def _kind_of(device_kind: str) -> str:
-    return match_device_kind(device_kind) or "cpu"
+def _kind_of(device_kind: str, platform: str) -> str:
+    """The DEVICE_KINDS row, or "unknown-<platform>" for an accelerator the table lacks: never "cpu", so
+    the plan's per-kind choices (kernels.py) do not take a CPU's path on it; its peaks are the CPU row's."""
+    return match_device_kind(device_kind) or f"unknown-{platform}"

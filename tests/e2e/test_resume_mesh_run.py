@@ -1,6 +1,7 @@
 """A preemptible cluster comes back with another number of devices: `capidsl run` on 2 devices (data=2) is
 stopped at step 6, then the same command on 4 devices (data=2 × fsdp=2, micro-batch halved, accumulation
-doubled: the same global batch) resumes it to step 8, and one device (micro 4 × accumulation 2) ends it. It says what moved, orbax restores the state into the new
+doubled: the same global batch) resumes it to step 8, and one device (micro 4 × accumulation 2, the layer
+scan looping where the first two legs ran it unrolled) ends it. It says what moved, orbax restores the state into the new
 shardings, the real data pipeline carries its position over (it counts global batches), and the loss
 curve continues within float tolerance of a run that never moved."""
 
@@ -26,7 +27,8 @@ logging: {every: "every 2 steps", progress: plain, tensorboard: false}
 HOME = ["--set", "mesh.data=2", "--set", "training.micro_batch=4"]
 AWAY = ["--set", "mesh.data=2", "--set", "mesh.fsdp=2", "--set", "training.micro_batch=1",
         "--set", "training.gradient_accumulation_steps=2"]
-ALONE = ["--set", "mesh.data=1", "--set", "training.micro_batch=4", "--set", "training.gradient_accumulation_steps=2"]
+ALONE = ["--set", "mesh.data=1", "--set", "training.micro_batch=4", "--set", "training.gradient_accumulation_steps=2",
+         "--set", "training.layer_loop=scanned"]  # and the other layer loop: the same numbers
 
 
 def capidsl_run(recipe, run_dir, devices: int, *args: str):
@@ -49,6 +51,7 @@ def test_a_run_moved_from_two_devices_to_four_to_one_continues_its_loss_curve(tm
     said = done.stdout + done.stderr
     assert "from step 8" in said and "layout: 4 → 1 devices, mesh data=2 × fsdp=2 × tensor=1 → data=1 × fsdp=1" in said, \
         said[-2000:]
+    assert "layers unrolled → scanned" in said
     want = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "straight") if "loss" in r}
     got = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "moved") if "loss" in r}
     assert sorted(got) == sorted(want) == list(range(2, 13, 2))

@@ -145,7 +145,14 @@ def test_an_unrolled_layer_loop_computes_the_scanned_loss_and_gradients(tiny):
     np.testing.assert_allclose(float(a), float(b), rtol=1e-6)
     for u, v in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
         np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-5, atol=1e-6)
-    with pytest.raises(Exception, match="unknown layer loop"):
+
+    def loops(g):  # while loops in the compiled forward: the scan's, unless unrolled
+        return jax.jit(lambda p: nnx.merge(g, p)(x)).lower(params).compile().as_text().count(" while(")
+
+    assert loops(unrolled_graphdef) == 0 < loops(graphdef)
+    from capidsl.models.errors import ModelError
+
+    with pytest.raises(ModelError, match="unknown layer loop"):
         GPT.build(cfg, rngs=nnx.Rngs(params=0), param_dtype=jnp.float32, compute_dtype=jnp.float32, layer_loop="x")
 
 

@@ -16,14 +16,13 @@ from capidsl.plan.topology import simulated
 
 @pytest.mark.parametrize("family, layers, remat, requested, expected", [
     ("gpt", 2, "none", "auto", UNROLLED),
-    ("gpt", 2, "none", "scanned", SCANNED),
     ("gpt", UNROLL_LAYERS, "none", "auto", UNROLLED),
     ("gpt", UNROLL_LAYERS + 1, "none", "auto", SCANNED),  # compile time grows with depth
     ("gpt", 2, "full", "auto", SCANNED),  # remat keeps its savings only in a loop
     ("gpt", 2, "dots", "auto", SCANNED),
     ("gpt", 2, "none", "scanned", SCANNED),
     ("gpt", 48, "none", "unrolled", UNROLLED),
-    ("mlp", 2, "none", "auto", SCANNED),  # no layer scan to unroll
+    ("mlp", 2, "none", "auto", SCANNED),  # the plan chooses for gpt only
 ])
 def test_the_choice(family, layers, remat, requested, expected):
     assert choose_layer_loop(family, layers, remat, requested, "cpu") == expected
@@ -36,9 +35,17 @@ def test_accelerators_keep_the_loop_unless_asked(kind):
     assert choose_layer_loop("gpt", 2, "none", "unrolled", kind) == UNROLLED
 
 
+def test_an_accelerator_the_table_lacks_is_not_taken_for_a_cpu():
+    from capidsl.plan.topology import _kind_of
+
+    assert _kind_of("NVIDIA H100 80GB HBM3", "gpu") == "h100"
+    assert _kind_of("NVIDIA B200", "gpu") == "unknown-gpu"
+    assert choose_layer_loop("gpt", 2, "none", "auto", "unknown-gpu") == SCANNED
+
+
 @pytest.mark.parametrize("family, remat, match", [
     ("gpt", "full", "cannot keep remat full's savings"),
-    ("mlp", "none", "no layer scan to unroll"),
+    ("mlp", "none", "cannot unroll its layers"),
 ])
 def test_what_cannot_run_is_refused(family, remat, match):
     with pytest.raises(LoopError, match=match):
