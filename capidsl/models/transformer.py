@@ -10,10 +10,9 @@ The `n_layers` blocks are one stacked module: built once under `nnx.vmap` (every
 a leading "layers" axis) and run with `jax.lax.scan` over the split state, so tracing and `eval_shape`
 do not grow with depth (MaxText's `scan_layers`); where the plan chose it (`unroll_layers`, see
 capidsl/plan/kernels.py `choose_layer_loop`) the scan is unrolled, which XLA runs faster and compiles
-more slowly. Rematerialisation wraps the
-scanned block in `jax.checkpoint`: "full" saves only each block's input, "dots" also saves the
-outputs of matmuls without batch dimensions (`dots_with_no_batch_dims_saveable`: the projections,
-not the attention scores).
+more slowly. Rematerialisation wraps the scanned block in `jax.checkpoint`: "full" saves only each
+block's input, "dots" also saves the outputs of matmuls without batch dimensions
+(`dots_with_no_batch_dims_saveable`: the projections, not the attention scores).
 """
 
 from __future__ import annotations

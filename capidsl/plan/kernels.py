@@ -48,13 +48,11 @@ SCANNED, UNROLLED = "scanned", "unrolled"
 LAYER_LOOPS = (SCANNED, UNROLLED)
 LOOP_FAMILIES = ("gpt",)  # families whose layer scan can be unrolled (the plan chooses for these only)
 UNROLL_LAYERS = 16  # "auto" unrolls models this deep or shallower
+UNROLL_KINDS = ("cpu",)  # device kinds where "auto" unrolls: measured faster there
 
 
 class LoopError(ValueError):
     """training.layer_loop asks for something this model cannot run (the compiler places it)."""
-
-
-UNROLL_KINDS = ("cpu",)  # device kinds where "auto" unrolls: measured faster there
 
 
 def choose_layer_loop(family: str, n_layers: int, remat: str, requested: str = "auto", device_kind: str = "cpu") -> str:
@@ -69,10 +67,10 @@ def choose_layer_loop(family: str, n_layers: int, remat: str, requested: str = "
     speed-up is not measured, and the plan's memory estimate is validated against the looping program
     there (unrolled, XLA:CPU fuses elementwise residuals away on data meshes and schedules tensor-parallel
     steps less tightly: base reads 1.36 on data=8 and 0.83 on tensor=8 unrolled, 1.05 and 0.93 scanned;
-    docs/plan.md). Under remat it keeps the loop: in a
-    straight-line program XLA merges the backward's recomputation with the forward pass (the compiled
-    temp memory of remat full and dots equals no remat's, measured on 8 fake CPU devices), so remat
-    would save nothing; an explicit "unrolled" with remat is refused for that reason."""
+    docs/plan.md). Under remat it keeps the loop: in a straight-line program XLA merges the backward's
+    recomputation with the forward pass (the compiled temp memory of remat full and dots equals no
+    remat's, measured on 8 fake CPU devices), so remat would save nothing; an explicit "unrolled" with
+    remat is refused for that reason."""
     if requested not in ("auto",) + LAYER_LOOPS:
         raise LoopError(f"layer_loop must be auto, scanned or unrolled, not {requested!r}")
     if family not in LOOP_FAMILIES:

@@ -51,13 +51,19 @@ def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("xla-cache")
 
 
+def one_process(recipe: Path, run_dir: Path, cache: Path) -> str:
+    """`capidsl run` as one process with all 4 devices; it must exit 0. Its output."""
+    done = subprocess.run([sys.executable, "-m", "capidsl", "run", str(recipe), "--run-dir", str(run_dir)],
+                          env=lc.environment(4, cache), cwd=lc.ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
 @pytest.fixture(scope="module")
 def single(tmp_path_factory, recipe, cache) -> dict:
     """The reference: one process with all 4 devices, straight through."""
     run_dir = tmp_path_factory.mktemp("single")
-    done = subprocess.run([sys.executable, "-m", "capidsl", "run", str(recipe), "--run-dir", str(run_dir)],
-                          env=lc.environment(4, cache), cwd=lc.ROOT, capture_output=True, text=True, timeout=TIMEOUT)
-    assert done.returncode == 0, done.stdout + done.stderr
+    one_process(recipe, run_dir, cache)
     return summary(run_dir)
 
 
@@ -116,10 +122,7 @@ def test_two_processes_resumed_as_one(tmp_path, recipe, cache, single):
     procs = lc.start(recipe, run_dir, processes=2, devices_each=2, cache=cache, logs=logs, extra=("--steps", "8"))
     assert lc.wait_all(procs, TIMEOUT) == [0, 0], [p.output()[-2000:] for p in procs]
     assert summary(run_dir)["steps"] == 8
-    done = subprocess.run([sys.executable, "-m", "capidsl", "run", str(recipe), "--run-dir", str(run_dir)],
-                          env=lc.environment(4, cache), cwd=lc.ROOT, capture_output=True, text=True, timeout=TIMEOUT)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "from step 8" in done.stdout + done.stderr
+    assert "from step 8" in one_process(recipe, run_dir, cache)
     end = summary(run_dir)
     assert end["steps"] == STEPS and end["resumed_from"] == 8 and end["stop_reason"] == "completed"
     assert end["params_sha256"] == single["params_sha256"]
