@@ -110,8 +110,10 @@ def test_an_outage_mid_run_loses_nothing_once_sync_runs(disk_emulator, tmp_path,
     proc = start_capidsl("run", str(recipe), "--run-dir", url, environ=environ)
     try:
         runs.wait_for_checkpoint(local, proc, min_step=20)
-        os.kill(proc.pid, signal.SIGSTOP)  # hold the run still while the storage goes away
+        # listed while the run still runs: the emulator serves one connection at a time (http.server's
+        # HTTPServer), so a run stopped in the middle of a request would keep this listing out for good
         before = {k: v.generation for k, v in remote_objects(disk_emulator.client(), BUCKET, "runs/o").items()}
+        os.kill(proc.pid, signal.SIGSTOP)  # hold the run still while the storage goes away
         disk_emulator.stop()
         os.kill(proc.pid, signal.SIGCONT)
         out, err = proc.communicate(timeout=300)
